@@ -1,0 +1,228 @@
+"""Twin models, TensorFlow side: ``mlp`` and ``conv4`` as Keras 3 models in the neutral weight format.
+
+Mirror of ``torch_meta/models.py``: the same builders, arguments, parameter names and numbers. Keras
+keeps its own layouts (HWIO convolution kernels, (in, out) dense kernels, NHWC maps); ``get_weights`` and
+``set_weights`` convert to and from the neutral layouts (OIHW, (out, in)) of ``dualmeta.weights``.
+
+Pinned so that both backends compute the same function:
+
+* convolutions pad explicitly by 1 on every side and then use ``'VALID'`` (Keras' ``'same'`` with
+  stride 2 on an even input pads (0, 1), PyTorch's ``padding=1`` pads (1, 1));
+* batch norm is :class:`BatchNorm`, not ``keras.layers.BatchNormalization`` (whose variance stops the
+  gradient through the mean, which makes MAML's second-order meta-gradient wrong), with eps=1e-5 and an
+  update-rate momentum of 0.1 (PyTorch's meaning; Keras' own layer uses eps=1e-3 and a keep-rate of 0.99);
+* the flatten head transposes the NHWC map to NCHW first, so features come in (C, H, W) order.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dualmeta import weights as neutral
+
+__all__ = ["BatchNorm", "MLP", "Conv4", "mlp", "conv4", "functional_call", "NORM_EPS", "NORM_MOMENTUM"]
+
+NORM_EPS = 1e-5
+NORM_MOMENTUM = 0.1  # update rate: running = (1 - momentum) * running + momentum * batch_statistic
+
+# Neutral <-> Keras layouts, by tensor kind.
+_TO_NEUTRAL = {"conv": lambda w: np.transpose(w, (3, 2, 0, 1)), "dense": lambda w: np.transpose(w)}
+_FROM_NEUTRAL = {"conv": lambda w: np.transpose(w, (2, 3, 1, 0)), "dense": lambda w: np.transpose(w)}
+
+
+def _keras_shape(tensor: neutral.TensorSpec) -> tuple[int, ...]:
+    shape = tensor.shape
+    if tensor.kind == "conv":
+        return (shape[2], shape[3], shape[1], shape[0])
+    if tensor.kind == "dense":
+        return (shape[1], shape[0])
+    return shape
+
+
+class _Param(keras.layers.Layer):
+    """A layer that owns the tensors of one neutral prefix (e.g. ``blocks.0.conv``)."""
+
+    def __init__(self, spec: neutral.ModelSpec, prefix: str, **kwargs):
+        super().__init__(name=prefix.replace(".", "_"), **kwargs)
+        self.neutral = {}  # suffix -> (neutral name, TensorSpec)
+        for name, tensor in spec.tensors.items():
+            if name.rsplit(".", 1)[0] == prefix:
+                self.neutral[name.rsplit(".", 1)[1]] = (name, tensor)
+        for suffix, (name, tensor) in self.neutral.items():
+            initializer = {"norm_weight": "ones", "running_var": "ones", "norm_bias": "zeros",
+                           "running_mean": "zeros", "bias": "zeros"}.get(tensor.kind, "glorot_uniform")
+            setattr(self, suffix, self.add_weight(shape=_keras_shape(tensor), initializer=initializer,
+                                                  trainable=tensor.trainable, name=suffix))
+
+
+class _Dense(_Param):
+    def call(self, x):
+        return tf.matmul(x, self.weight) + self.bias
+
+
+class _Conv(_Param):
+    def __init__(self, spec, prefix, stride: int, **kwargs):
+        super().__init__(spec, prefix, **kwargs)
+        self.stride = stride
+
+    def call(self, x):
+        x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        return tf.nn.conv2d(x, self.weight, strides=self.stride, padding="VALID") + self.bias
+
+
+class BatchNorm(_Param):
+    """Batch normalisation over (N, H, W) that is exact at second order.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the biased batch variance
+    ``var = mean((x - mean)^2)``; the gradient flows through both statistics. Running statistics (with
+    the unbiased variance, as in PyTorch) are kept only if the model tracks them, and used in inference.
+    """
+
+    def __init__(self, spec, prefix, eps: float = NORM_EPS, momentum: float = NORM_MOMENTUM, **kwargs):
+        super().__init__(spec, prefix, **kwargs)
+        self.eps, self.momentum = eps, momentum
+        self.track_running_stats = "running_mean" in self.neutral
+
+    def call(self, x, training=False):
+        if training or not self.track_running_stats:
+            mean = tf.reduce_mean(x, axis=(0, 1, 2), keepdims=True)
+            var = tf.reduce_mean(tf.square(x - mean), axis=(0, 1, 2), keepdims=True)
+            if training and self.track_running_stats:
+                n = tf.cast(tf.size(x) // tf.shape(x)[-1], x.dtype)
+                m = self.momentum
+                self.running_mean.assign((1 - m) * self.running_mean + m * tf.reshape(mean, [-1]))
+                unbiased = tf.reshape(var, [-1]) * n / tf.maximum(n - 1, 1)
+                self.running_var.assign((1 - m) * self.running_var + m * unbiased)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (x - mean) * tf.math.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class _Weights:
+    """Neutral-format conversion shared by the twin models."""
+    spec: neutral.ModelSpec
+
+    def neutral_variables(self) -> dict[str, keras.Variable]:
+        """Neutral name -> Keras variable (in Keras layout), in the spec's order."""
+        found = {}
+        for layer in self._param_layers:
+            for suffix, (name, _) in layer.neutral.items():
+                found[name] = getattr(layer, suffix)
+        return {name: found[name] for name in self.spec.tensors}
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Every parameter and buffer under its neutral name and layout, as numpy arrays.
+
+        Note: this replaces ``keras.Model.get_weights`` (a list) with the neutral dict.
+        """
+        out = {}
+        for name, variable in self.neutral_variables().items():
+            value = np.asarray(variable.numpy())
+            out[name] = np.ascontiguousarray(_TO_NEUTRAL.get(self.spec.tensors[name].kind, np.copy)(value))
+        return out
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Loads neutral weights (all of them, exact names and shapes) into the model."""
+        neutral.check_weights({k: v.shape for k, v in self.spec.tensors.items()}, weights)
+        for name, variable in self.neutral_variables().items():
+            value = _FROM_NEUTRAL.get(self.spec.tensors[name].kind, np.asarray)(np.asarray(weights[name]))
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+
+
+class MLP(_Weights, keras.Model):
+    """``in -> hidden... -> out`` with ReLU between layers."""
+
+    def __init__(self, spec: neutral.ModelSpec, **kwargs):
+        super().__init__(name="mlp", **kwargs)
+        self.spec = spec
+        depth = len(spec.config["hidden"]) + 1
+        self.dense_layers = [_Dense(spec, f"layers.{i}", dtype=self.dtype_policy) for i in range(depth)]
+        self._param_layers = self.dense_layers
+
+    def call(self, x, training=False):
+        for i, layer in enumerate(self.dense_layers):
+            x = layer(x)
+            if i < len(self.dense_layers) - 1:
+                x = tf.nn.relu(x)
+        return x
+
+
+class Conv4(_Weights, keras.Model):
+    """Blocks of (3x3 conv, batch norm, ReLU, downsample), a flatten or mean head, an optional classifier.
+
+    ``call`` takes NHWC images and returns logits, or embeddings when there is no classifier.
+    """
+
+    def __init__(self, spec: neutral.ModelSpec, **kwargs):
+        super().__init__(name="conv4", **kwargs)
+        self.spec = spec
+        cfg = spec.config
+        stride = 2 if cfg["downsample"] == "stride" else 1
+        policy = self.dtype_policy
+        self.convs = [_Conv(spec, f"blocks.{i}.conv", stride, dtype=policy) for i in range(cfg["blocks"])]
+        self.norms = [BatchNorm(spec, f"blocks.{i}.norm", dtype=policy) for i in range(cfg["blocks"])]
+        self.head = _Dense(spec, "head", dtype=policy) if cfg["num_classes"] is not None else None
+        self._param_layers = self.convs + self.norms + ([self.head] if self.head is not None else [])
+
+    def embed(self, x, training=False):
+        """NHWC images -> feature vectors (before the classifier)."""
+        for conv, norm in zip(self.convs, self.norms):
+            x = tf.nn.relu(norm(conv(x), training=training))
+            if self.spec.config["downsample"] == "maxpool":
+                x = tf.nn.max_pool2d(x, 2, 2, "VALID")
+        if self.spec.config["head"] == "flatten":
+            x = tf.transpose(x, (0, 3, 1, 2))  # NHWC -> NCHW: the neutral (C, H, W) flatten order
+            return tf.reshape(x, (tf.shape(x)[0], -1))
+        return tf.reduce_mean(x, axis=(1, 2))
+
+    def call(self, x, training=False):
+        features = self.embed(x, training=training)
+        return features if self.head is None else self.head(features)
+
+
+def _build(model: keras.Model, example_shape: tuple[int, ...], init: str, seed: int, dtype: str):
+    model(np.zeros((2,) + example_shape, dtype=dtype))  # creates the variables
+    if init == "neutral":
+        model.set_weights(neutral.initialize(model.spec, seed=seed, dtype=dtype))
+    elif init != "native":
+        raise ValueError(f"Expected one of ['native', 'neutral']; received init={init!r}")
+    return model
+
+
+def mlp(in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_features: int = 1,
+        dtype: str = "float32", init: str = "neutral", seed: int = 0) -> MLP:
+    """Builds the MLP of ``dualmeta.weights.mlp_spec``.
+
+    ``init='neutral'`` loads ``dualmeta.weights.initialize(spec, seed)`` (identical in both backends);
+    ``init='native'`` keeps the framework's own initialiser.
+    """
+    spec = neutral.mlp_spec(in_features, tuple(hidden), out_features)
+    return _build(MLP(spec, dtype=neutral.check_dtype(dtype)), (in_features,), init, seed, dtype)
+
+
+def conv4(in_channels: int = 1, hidden: int = 64, num_classes: int | None = None,
+          downsample: str = "stride", head: str = "flatten", image_size: int = 28, blocks: int = 4,
+          track_running_stats: bool = False, dtype: str = "float32", init: str = "neutral",
+          seed: int = 0) -> Conv4:
+    """Builds the conv4 backbone of ``dualmeta.weights.conv4_spec`` (see there for the arguments)."""
+    spec = neutral.conv4_spec(in_channels, hidden, num_classes, downsample, head, image_size, blocks,
+                              track_running_stats)
+    model = Conv4(spec, dtype=neutral.check_dtype(dtype))
+    return _build(model, (image_size, image_size, in_channels), init, seed, dtype)
+
+
+def functional_call(model: keras.Model, params: Mapping[str, tf.Tensor], x: tf.Tensor,
+                    training: bool = True) -> tf.Tensor:
+    """Runs ``model`` on ``x`` with ``params`` (neutral names, Keras layouts) in place of its variables.
+
+    Uses Keras' ``stateless_call``. Batch norm uses batch statistics when ``training``; the running
+    statistics it would update are discarded, so the call is a pure function of ``params`` and ``x``.
+    """
+    names = {id(variable): name for name, variable in model.neutral_variables().items()}
+    trainable = [params[names[id(v)]] if names[id(v)] in params else v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    outputs, _ = model.stateless_call(trainable, non_trainable, x, training=training)
+    return outputs

@@ -1,0 +1,190 @@
+"""Twin models, PyTorch side: ``mlp`` and ``conv4`` as ``nn.Module``s in the neutral weight format.
+
+Mirror of ``tf_meta/models.py``: the same builders, arguments, parameter names and numbers. Parameter
+names and layouts *are* the neutral ones (``dualmeta.weights``), so conversion is a copy. Images come in
+NHWC, the neutral layout, and are permuted to NCHW inside ``forward``.
+
+Pinned so that both backends compute the same function:
+
+* convolutions pad explicitly by 1 on every side (Keras' ``'same'`` with stride 2 pads (0, 1));
+* batch norm is :class:`BatchNorm`, the same formula as the Keras twin, eps=1e-5 and an update-rate
+  momentum of 0.1 (PyTorch's meaning; Keras' built-in layer uses eps=1e-3 and a keep-rate of 0.99);
+* the flatten head reads the map in (C, H, W) order.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dualmeta import weights as neutral
+
+__all__ = ["BatchNorm", "MLP", "Conv4", "mlp", "conv4", "functional_call", "NORM_EPS", "NORM_MOMENTUM"]
+
+NORM_EPS = 1e-5
+NORM_MOMENTUM = 0.1  # update rate: running = (1 - momentum) * running + momentum * batch_statistic
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[neutral.check_dtype(dtype)]
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation over (N, H, W) that is exact at second order.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the biased batch variance
+    ``var = mean((x - mean)^2)``; the gradient flows through both statistics. Running statistics (with
+    the unbiased variance, as in PyTorch) are kept only if ``track_running_stats``, and used in eval mode.
+    """
+
+    def __init__(self, channels: int, eps: float = NORM_EPS, momentum: float = NORM_MOMENTUM,
+                 track_running_stats: bool = False):
+        super().__init__()
+        self.eps, self.momentum, self.track_running_stats = eps, momentum, track_running_stats
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(channels))
+            self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not self.track_running_stats:
+            mean = x.mean(dim=(0, 2, 3), keepdim=True)
+            var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
+            if self.training and self.track_running_stats:
+                with torch.no_grad():
+                    n = x.numel() // x.shape[1]
+                    self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.flatten())
+                    self.running_var.mul_(1 - self.momentum).add_(self.momentum * var.flatten() * n / max(n - 1, 1))
+        else:
+            mean = self.running_mean.view(1, -1, 1, 1)
+            var = self.running_var.view(1, -1, 1, 1)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+class _Weights:
+    """Neutral-format conversion shared by the twin models (PyTorch layout is the neutral one)."""
+    spec: neutral.ModelSpec
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Every parameter and buffer under its neutral name, as numpy arrays."""
+        state = self.state_dict()
+        return {name: state[name].detach().cpu().numpy().copy() for name in self.spec.tensors}
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Loads neutral weights (all of them, exact names and shapes) into the model."""
+        neutral.check_weights({k: v.shape for k, v in self.spec.tensors.items()}, weights)
+        state = self.state_dict()
+        with torch.no_grad():
+            for name in self.spec.tensors:
+                state[name].copy_(torch.as_tensor(np.asarray(weights[name])))
+
+
+class MLP(_Weights, nn.Module):
+    """``in -> hidden... -> out`` with ReLU between layers."""
+
+    def __init__(self, spec: neutral.ModelSpec):
+        super().__init__()
+        self.spec = spec
+        cfg = spec.config
+        sizes = [cfg["in_features"], *cfg["hidden"], cfg["out_features"]]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class _Block(nn.Module):
+    def __init__(self, c_in: int, c_out: int, downsample: str, track_running_stats: bool):
+        super().__init__()
+        self.downsample = downsample
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=2 if downsample == "stride" else 1, padding=1)
+        self.norm = BatchNorm(c_out, track_running_stats=track_running_stats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.norm(self.conv(x)))
+        return F.max_pool2d(x, 2) if self.downsample == "maxpool" else x
+
+
+class Conv4(_Weights, nn.Module):
+    """Blocks of (3x3 conv, batch norm, ReLU, downsample), a flatten or mean head, an optional classifier.
+
+    ``forward`` takes NHWC images and returns logits, or embeddings when there is no classifier.
+    """
+
+    def __init__(self, spec: neutral.ModelSpec):
+        super().__init__()
+        self.spec = spec
+        cfg = spec.config
+        channels = [cfg["in_channels"]] + [cfg["hidden"]] * cfg["blocks"]
+        self.blocks = nn.ModuleList(_Block(a, b, cfg["downsample"], cfg["track_running_stats"])
+                                    for a, b in zip(channels[:-1], channels[1:]))
+        self.head = None
+        if cfg["num_classes"] is not None:
+            self.head = nn.Linear(spec.tensors["head.weight"].shape[1], cfg["num_classes"])
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """NHWC images -> feature vectors (before the classifier)."""
+        x = x.permute(0, 3, 1, 2)
+        for block in self.blocks:
+            x = block(x)
+        return x.flatten(1) if self.spec.config["head"] == "flatten" else x.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.embed(x)
+        return features if self.head is None else self.head(features)
+
+
+def _build(module: nn.Module, init: str, seed: int, dtype: str) -> nn.Module:
+    module = module.to(_torch_dtype(dtype))
+    if init == "neutral":
+        module.set_weights(neutral.initialize(module.spec, seed=seed, dtype=dtype))
+    elif init != "native":
+        raise ValueError(f"Expected one of ['native', 'neutral']; received init={init!r}")
+    return module
+
+
+def mlp(in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_features: int = 1,
+        dtype: str = "float32", init: str = "neutral", seed: int = 0) -> MLP:
+    """Builds the MLP of ``dualmeta.weights.mlp_spec``.
+
+    ``init='neutral'`` loads ``dualmeta.weights.initialize(spec, seed)`` (identical in both backends);
+    ``init='native'`` keeps the framework's own initialiser.
+    """
+    return _build(MLP(neutral.mlp_spec(in_features, tuple(hidden), out_features)), init, seed, dtype)
+
+
+def conv4(in_channels: int = 1, hidden: int = 64, num_classes: int | None = None,
+          downsample: str = "stride", head: str = "flatten", image_size: int = 28, blocks: int = 4,
+          track_running_stats: bool = False, dtype: str = "float32", init: str = "neutral",
+          seed: int = 0) -> Conv4:
+    """Builds the conv4 backbone of ``dualmeta.weights.conv4_spec`` (see there for the arguments)."""
+    spec = neutral.conv4_spec(in_channels, hidden, num_classes, downsample, head, image_size, blocks,
+                              track_running_stats)
+    return _build(Conv4(spec), init, seed, dtype)
+
+
+def functional_call(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+                    training: bool = True) -> torch.Tensor:
+    """Runs ``model`` on ``x`` with ``params`` (neutral names) in place of its parameters.
+
+    Batch norm uses batch statistics when ``training`` and never updates running statistics here, so
+    the call is a pure function of ``params`` and ``x`` (what MAML's inner loop needs).
+    """
+    was_training = model.training
+    model.train(training)
+    try:
+        buffers = {name: buf for name, buf in model.named_buffers()}
+        if training:
+            # Detach running-statistics updates from the caller: use scratch copies.
+            buffers = {name: buf.clone() for name, buf in buffers.items()}
+        return torch.func.functional_call(model, {**buffers, **params}, (x,))
+    finally:
+        model.train(was_training)
