@@ -1,0 +1,25 @@
+"""ANIL, "almost no inner loop" (Raghu et al. 2020), TensorFlow side. Mirror of ``torch_meta/anil.py``.
+
+MAML whose inner loop adapts only the classifier (``head.*``); the body is learned by the outer loop
+alone. Arguments as :class:`tf_meta.maml.MAML`; the model needs a classifier (``num_classes``).
+
+References: Raghu, Raghu, Bengio, Vinyals. Rapid Learning or Feature Reuse? ICLR 2020.
+"""
+from __future__ import annotations
+
+from tf_meta.maml import MAML
+
+__all__ = ["ANIL"]
+
+
+class ANIL(MAML):
+    """MAML with an inner loop on the head only."""
+
+    def __init__(self, model, *args, **kwargs):
+        super().__init__(model, *args, **kwargs)
+        if not any(n.startswith("head.") for n in model.spec.tensors):
+            raise ValueError("ANIL adapts the classifier only, and this model has none; "
+                             "build it with num_classes=<ways>")
+
+    def adapted_names(self) -> list[str]:
+        return [n for n in self.model_parameters() if n.startswith("head.")]

@@ -1,0 +1,190 @@
+"""Machinery every PyTorch learner shares: tensors, losses, the meta-optimiser, the learner interface.
+
+Mirror of ``tf_meta/core.py``. The optimisers are written out here (not ``torch.optim``) so that both
+backends run the same formula: Adam as in PyTorch (eps added to the bias-corrected sqrt(v)), eps=1e-8.
+Keras' Adam differs twice: its default eps is 1e-7, and it adds eps to the uncorrected sqrt(v).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dualmeta.episodes import Episode
+from dualmeta.metrics import summarize
+from dualmeta.weights import check_weights
+
+__all__ = ["OPTIMIZERS", "INNER_REDUCTIONS", "Optimizer", "Learner", "as_tensor", "task_loss",
+           "task_accuracy", "is_classification"]
+
+OPTIMIZERS = ("adam", "sgd")
+INNER_REDUCTIONS = ("mean", "sum_per_shot")
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8  # PyTorch's default; Keras' is 1e-7. Passed explicitly in both backends.
+
+
+def as_tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """A numpy array as a tensor: floating arrays in the learner's dtype, integer labels as int64."""
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.integer):
+        return torch.as_tensor(array, dtype=torch.int64)
+    return torch.as_tensor(array, dtype=dtype)
+
+
+def is_classification(targets) -> bool:
+    """Integer targets mean classification (cross-entropy), floating targets regression (MSE)."""
+    return not torch.is_floating_point(targets)
+
+
+def task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy for integer targets, mean squared error for floating ones."""
+    if is_classification(targets):
+        return F.cross_entropy(outputs, targets)
+    return (outputs - targets).square().mean()
+
+
+def task_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (outputs.argmax(dim=-1) == targets).to(outputs.dtype).mean()
+
+
+class Optimizer:
+    """The meta-optimiser: ``'adam'`` (PyTorch's formula, eps=1e-8) or plain ``'sgd'``, on named tensors.
+
+    Adam, step ``t``: ``m = b1 m + (1-b1) g``, ``v = b2 v + (1-b2) g^2``,
+    ``p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)``.
+    """
+
+    def __init__(self, params: Mapping[str, torch.Tensor], name: str = "adam", lr: float = 1e-3):
+        if name not in OPTIMIZERS:
+            raise ValueError(f"Expected one of {list(OPTIMIZERS)}; received meta_optimizer={name!r}")
+        self.params, self.name, self.lr, self.t = dict(params), name, float(lr), 0
+        self.m = {n: torch.zeros_like(p) for n, p in self.params.items()} if name == "adam" else {}
+        self.v = {n: torch.zeros_like(p) for n, p in self.params.items()} if name == "adam" else {}
+
+    @torch.no_grad()
+    def apply(self, grads: Mapping[str, torch.Tensor]) -> None:
+        self.t += 1
+        if self.name == "sgd":
+            for n, p in self.params.items():
+                p.sub_(self.lr * grads[n])
+            return
+        b1, b2 = ADAM_BETAS
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for n, p in self.params.items():
+            g = grads[n]
+            self.m[n].mul_(b1).add_((1 - b1) * g)
+            self.v[n].mul_(b2).add_((1 - b2) * g * g)
+            p.sub_(self.lr * (self.m[n] / c1) / ((self.v[n] / c2).sqrt() + ADAM_EPS))
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Neutral state: ``step`` and, for Adam, ``m.<name>``/``v.<name>`` in the neutral layout."""
+        state = {"step": np.asarray(self.t, dtype=np.int64)}
+        for prefix, slots in (("m.", self.m), ("v.", self.v)):
+            state.update({prefix + n: s.detach().cpu().numpy().copy() for n, s in slots.items()})
+        return state
+
+    def set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        expected = {"step": ()}
+        for prefix, slots in (("m.", self.m), ("v.", self.v)):
+            expected.update({prefix + n: tuple(s.shape) for n, s in slots.items()})
+        check_weights(expected, state, what="optimizer state")
+        self.t = int(state["step"])
+        with torch.no_grad():
+            for prefix, slots in (("m.", self.m), ("v.", self.v)):
+                for n, s in slots.items():
+                    s.copy_(torch.as_tensor(np.asarray(state[prefix + n])))
+
+
+class Learner:
+    """The interface every learner shares, identical in both backends.
+
+    * ``adapt(episode, steps=None)`` -> adapted weights (a dict of tensors) for ``predict``;
+    * ``predict(x, weights=None)`` -> numpy outputs (logits or regression values);
+    * ``meta_train_step(batch)`` -> ``{"loss": float, "accuracy": float}`` (accuracy for classification);
+    * ``evaluate(episodes, steps=None)`` -> ``{"loss": {"mean", "ci95", "n"}, "accuracy": {...}}``;
+    * ``get_weights()`` / ``set_weights(d)`` in the neutral format (model tensors plus learner tensors);
+    * ``get_optimizer_state()`` / ``set_optimizer_state(d)`` for checkpoints.
+    """
+
+    def __init__(self, model: torch.nn.Module, meta_lr: float = 1e-3, meta_optimizer: str = "adam"):
+        self.model = model
+        self.dtype = next(model.parameters()).dtype
+        self.extra: dict[str, torch.Tensor] = {}  # learner tensors (e.g. Meta-SGD's rates), neutral names
+        self.meta_lr, self.meta_optimizer = meta_lr, meta_optimizer
+        self._optimizer = None
+
+    # -- parameters ---------------------------------------------------------------------------------
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """Every tensor the meta-optimiser updates, by neutral name."""
+        return {**dict(self.model.named_parameters()), **self.extra}
+
+    @property
+    def optimizer(self) -> Optimizer:
+        if self._optimizer is None:
+            self._optimizer = Optimizer(self.parameters(), self.meta_optimizer, self.meta_lr)
+        return self._optimizer
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        weights = self.model.get_weights()
+        weights.update({n: t.detach().cpu().numpy().copy() for n, t in self.extra.items()})
+        return weights
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        extra_shapes = {n: tuple(t.shape) for n, t in self.extra.items()}
+        model_shapes = {n: t.shape for n, t in self.model.spec.tensors.items()}
+        check_weights({**model_shapes, **extra_shapes}, weights)
+        self.model.set_weights({n: weights[n] for n in model_shapes})
+        with torch.no_grad():
+            for n, t in self.extra.items():
+                t.copy_(torch.as_tensor(np.asarray(weights[n])))
+
+    def get_optimizer_state(self) -> dict[str, np.ndarray]:
+        return self.optimizer.get_state()
+
+    def set_optimizer_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self.optimizer.set_state(state)
+
+    # -- episodes -----------------------------------------------------------------------------------
+    def _tensors(self, episode: Episode) -> tuple[torch.Tensor, ...]:
+        return tuple(as_tensor(a, self.dtype) for a in episode)
+
+    def predict(self, x: np.ndarray, weights: Mapping[str, torch.Tensor] | None = None) -> np.ndarray:
+        """Outputs of the model (with ``weights`` from ``adapt`` if given) on numpy inputs.
+
+        Inference mode: batch norm uses running statistics if the model tracks them, else batch statistics.
+        """
+        from torch_meta.models import functional_call
+        weights = dict(self.model.named_parameters()) if weights is None else weights
+        with torch.no_grad():
+            out = functional_call(self.model, weights, as_tensor(x, self.dtype), training=False)
+        return out.cpu().numpy()
+
+    def _episode_metrics(self, episode: Episode, steps: int | None) -> dict[str, float]:
+        """Loss (and accuracy) on the query set after adapting on the support set."""
+        weights = self.adapt(episode, steps)
+        from torch_meta.models import functional_call
+        _, _, qx, qy = self._tensors(episode)
+        with torch.no_grad():
+            out = functional_call(self.model, weights, qx, training=False)
+            metrics = {"loss": float(task_loss(out, qy))}
+            if is_classification(qy):
+                metrics["accuracy"] = float(task_accuracy(out, qy))
+        return metrics
+
+    def evaluate(self, episodes: Iterable[Episode], steps: int | None = None) -> dict[str, dict[str, float]]:
+        """Mean query loss (and accuracy) with 95% confidence intervals over ``episodes``."""
+        per_episode: dict[str, list[float]] = {}
+        for episode in episodes:
+            for name, value in self._episode_metrics(episode, steps).items():
+                per_episode.setdefault(name, []).append(value)
+        if not per_episode:
+            raise ValueError("evaluate needs at least one episode; received none")
+        return summarize(per_episode)
+
+    def adapt(self, episode: Episode, steps: int | None = None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def meta_train_step(self, batch: Episode) -> dict[str, float]:
+        raise NotImplementedError

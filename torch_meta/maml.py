@@ -1,0 +1,122 @@
+"""MAML (Finn et al. 2017), PyTorch side. Mirror of ``tf_meta/maml.py``.
+
+Inner loop, for each task, ``k`` steps of SGD on the support loss from the meta-parameters ``theta``:
+
+    phi_0 = theta,    phi_{j+1} = phi_j - alpha * grad L_support(phi_j)
+
+outer loss, the query loss at ``phi_k`` averaged over the meta-batch, minimised over ``theta`` by Adam.
+Second order (default): the meta-gradient differentiates through the inner gradients
+(``autograd.grad(create_graph=True)``); ``first_order=True`` treats them as constants.
+
+Arguments (defaults): ``model`` (a twin model), ``inner_lr=0.4``, ``inner_steps=1`` (training),
+``test_inner_steps=None`` (same as ``inner_steps``), ``first_order=False``, ``meta_lr=1e-3``,
+``inner_reduction='mean'`` (``'sum_per_shot'``: the support loss summed and divided by the shots, as in
+the original code, i.e. ``ways`` times the mean for classification), ``meta_optimizer='adam'``.
+
+Example:
+    >>> from torch_meta import models, maml
+    >>> from dualmeta.episodes import RegressionTasks
+    >>> learner = maml.MAML(models.mlp(), inner_lr=0.01)
+    >>> metrics = learner.meta_train_step(RegressionTasks(seed=0).batch(0, 4))
+    >>> sorted(metrics)
+    ['loss']
+
+References: Finn, Abbeel, Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks.
+ICML 2017.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from dualmeta.episodes import Episode
+from torch_meta.core import INNER_REDUCTIONS, Learner, is_classification, task_accuracy, task_loss
+from torch_meta.models import functional_call
+
+__all__ = ["MAML"]
+
+
+class MAML(Learner):
+    """Model-Agnostic Meta-Learning with k-step SGD inner loops; second order unless ``first_order``."""
+
+    def __init__(self, model, inner_lr: float = 0.4, inner_steps: int = 1, test_inner_steps: int | None = None,
+                 first_order: bool = False, meta_lr: float = 1e-3, inner_reduction: str = "mean",
+                 meta_optimizer: str = "adam"):
+        super().__init__(model, meta_lr=meta_lr, meta_optimizer=meta_optimizer)
+        if inner_reduction not in INNER_REDUCTIONS:
+            raise ValueError(f"Expected one of {list(INNER_REDUCTIONS)}; received inner_reduction={inner_reduction!r}")
+        if inner_steps < 0 or (test_inner_steps is not None and test_inner_steps < 0):
+            raise ValueError(f"Expected non-negative inner steps; received inner_steps={inner_steps}, "
+                             f"test_inner_steps={test_inner_steps}")
+        self.inner_lr, self.inner_steps, self.first_order = float(inner_lr), int(inner_steps), bool(first_order)
+        self.test_inner_steps = self.inner_steps if test_inner_steps is None else int(test_inner_steps)
+        self.inner_reduction = inner_reduction
+
+    # -- what the inner loop adapts, and how fast ---------------------------------------------------
+    def adapted_names(self) -> list[str]:
+        """Names of the parameters the inner loop updates (all of the model's)."""
+        return [n for n, _ in self.model.named_parameters()]
+
+    def inner_rates(self) -> Mapping[str, torch.Tensor | float]:
+        """The inner learning rate of each adapted parameter."""
+        return {n: self.inner_lr for n in self.adapted_names()}
+
+    def inner_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = task_loss(outputs, targets)
+        if self.inner_reduction == "sum_per_shot" and is_classification(targets):
+            loss = loss * outputs.shape[-1]  # sum over ways*shots examples / shots = ways * mean
+        return loss
+
+    def _adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int, create_graph: bool) -> dict[str, torch.Tensor]:
+        fast = dict(self.model.named_parameters())
+        names, rates = self.adapted_names(), self.inner_rates()
+        for _ in range(steps):
+            loss = self.inner_loss(functional_call(self.model, fast, x), y)
+            grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=create_graph)
+            for n, g in zip(names, grads):
+                fast[n] = fast[n] - rates[n] * g
+        return fast
+
+    def adapt(self, episode: Episode, steps: int | None = None) -> dict[str, torch.Tensor]:
+        """Adapted weights after ``steps`` (default ``test_inner_steps``) inner steps on the support set."""
+        sx, sy, _, _ = self._tensors(episode)
+        with torch.enable_grad():
+            fast = self._adapt(sx, sy, self.test_inner_steps if steps is None else steps, create_graph=False)
+        return {n: t.detach() for n, t in fast.items()}
+
+    # -- meta-training ------------------------------------------------------------------------------
+    def meta_gradients(self, batch: Episode) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Meta-gradient of the mean query loss over the meta-batch (neutral layout) and the metrics."""
+        grads, metrics = self._meta_gradients(batch)
+        return {n: g.cpu().numpy() for n, g in grads.items()}, metrics
+
+    def _meta_gradients(self, batch: Episode):
+        sx, sy, qx, qy = self._tensors(batch)
+        params = self.parameters()
+        names = list(params)
+        total = {n: torch.zeros_like(p) for n, p in params.items()}
+        tasks = sx.shape[0]
+        loss_sum, acc_sum = 0.0, 0.0
+        for t in range(tasks):
+            fast = self._adapt(sx[t], sy[t], self.inner_steps, create_graph=not self.first_order)
+            out = functional_call(self.model, fast, qx[t])
+            loss = task_loss(out, qy[t])
+            grads = torch.autograd.grad(loss / tasks, [params[n] for n in names], allow_unused=True)
+            for n, g in zip(names, grads):
+                if g is not None:
+                    total[n] += g
+            loss_sum += float(loss.detach())
+            if is_classification(qy):
+                acc_sum += float(task_accuracy(out.detach(), qy[t]))
+        metrics = {"loss": loss_sum / tasks}
+        if is_classification(qy):
+            metrics["accuracy"] = acc_sum / tasks
+        return total, metrics
+
+    def meta_train_step(self, batch: Episode) -> dict[str, float]:
+        """One meta-update on a stacked meta-batch; returns the mean query loss (and accuracy)."""
+        grads, metrics = self._meta_gradients(batch)
+        self.optimizer.apply(grads)
+        return metrics

@@ -1,0 +1,50 @@
+"""Reptile (Nichol, Achiam, Schulman 2018), PyTorch side. Mirror of ``tf_meta/reptile.py``.
+
+For each task, ``k`` steps of SGD on the support set from ``theta`` give ``phi``; the meta-update moves
+``theta`` towards the adapted weights along the pseudo-gradient ``g = theta - mean_tasks(phi)``. With
+``meta_optimizer='sgd'`` (default) and ``meta_lr=eps`` this is the paper's ``theta += eps (mean phi - theta)``.
+No second derivatives. Arguments as :class:`torch_meta.maml.MAML` without ``first_order``; defaults
+``inner_steps=5``, ``meta_lr=1.0``, ``meta_optimizer='sgd'``. The reported loss is the query loss at ``phi``.
+
+References: Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. 2018.
+"""
+from __future__ import annotations
+
+import torch
+
+from dualmeta.episodes import Episode
+from torch_meta.core import is_classification, task_accuracy, task_loss
+from torch_meta.maml import MAML
+from torch_meta.models import functional_call
+
+__all__ = ["Reptile"]
+
+
+class Reptile(MAML):
+    """Reptile: move the initialisation towards each task's adapted weights."""
+
+    def __init__(self, model, inner_lr: float = 0.4, inner_steps: int = 5, test_inner_steps: int | None = None,
+                 meta_lr: float = 1.0, inner_reduction: str = "mean", meta_optimizer: str = "sgd"):
+        super().__init__(model, inner_lr, inner_steps, test_inner_steps, first_order=True, meta_lr=meta_lr,
+                         inner_reduction=inner_reduction, meta_optimizer=meta_optimizer)
+
+    def _meta_gradients(self, batch: Episode):
+        sx, sy, qx, qy = self._tensors(batch)
+        params = self.parameters()
+        tasks = sx.shape[0]
+        total = {n: torch.zeros_like(p) for n, p in params.items()}
+        loss_sum, acc_sum = 0.0, 0.0
+        for t in range(tasks):
+            with torch.enable_grad():
+                fast = self._adapt(sx[t], sy[t], self.inner_steps, create_graph=False)
+            with torch.no_grad():
+                for n in total:
+                    total[n] += (params[n] - fast[n]) / tasks
+                out = functional_call(self.model, fast, qx[t])
+                loss_sum += float(task_loss(out, qy[t]))
+                if is_classification(qy):
+                    acc_sum += float(task_accuracy(out, qy[t]))
+        metrics = {"loss": loss_sum / tasks}
+        if is_classification(qy):
+            metrics["accuracy"] = acc_sum / tasks
+        return total, metrics
