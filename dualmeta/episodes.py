@@ -194,8 +194,10 @@ class ClassificationTasks(_TaskSet):
         examples = np.stack([rng.choice(per_class, size=shots + queries, replace=False) for _ in range(ways)])
         images = data.images[data.sources[classes][:, None], examples]  # (ways, shots+queries, H, W, C)
         rotations = data.rotations[classes]
-        if rotations.any():
-            images = np.stack([_rotate(images[j], int(rotations[j])) for j in range(ways)])
+        for k in (1, 2, 3):  # rotate all classes with the same quarter turns at once
+            rotated = rotations == k
+            if rotated.any():
+                images[rotated] = _rotate(images[rotated], k)
         labels = rng.permutation(ways).astype(np.int64)  # class j gets label labels[j]
         shape = data.image_shape
         support_x = np.ascontiguousarray(images[:, :shots].reshape((ways * shots,) + shape))

@@ -6,7 +6,7 @@ so a model initialised here, or trained in one backend, loads into the other unc
 Names follow PyTorch's module paths::
 
     mlp:    layers.{i}.weight (out, in)        layers.{i}.bias (out,)
-    conv4:  blocks.{i}.conv.weight (O, I, 3, 3) blocks.{i}.conv.bias (O,)
+    conv4:  blocks.{i}.conv.weight (O, I, 3, 3)
             blocks.{i}.norm.weight (O,)          blocks.{i}.norm.bias (O,)
             blocks.{i}.norm.running_mean (O,)    blocks.{i}.norm.running_var (O,)   [buffers, optional]
             head.weight (classes, features)      head.bias (classes,)               [optional]
@@ -91,6 +91,12 @@ def conv4_spec(in_channels: int = 1, hidden: int = 64, num_classes: int | None =
                track_running_stats: bool = False) -> ModelSpec:
     """The few-shot backbone: ``blocks`` x (3x3 conv, batch norm, ReLU, downsample), a head, a classifier.
 
+    The convolutions have no bias: batch norm subtracts the batch mean right after, which cancels any
+    bias, so its true gradient is zero and what a framework computes for it is round-off. Adam divides
+    that round-off by its own magnitude and turns it into learning-rate-sized steps of arbitrary sign,
+    different in each framework; without the bias there is nothing to diverge (and nothing is lost: the
+    norm's own shift plays its role).
+
     ``downsample='stride'`` uses stride-2 convolutions (Omniglot MAML), ``'maxpool'`` 2x2 max-pooling
     (ProtoNets, mini-ImageNet MAML). ``head='flatten'`` flattens the (C, H, W) map, ``'mean'`` averages
     it over space. ``num_classes=None`` leaves out the linear classifier (an embedding network).
@@ -110,7 +116,6 @@ def conv4_spec(in_channels: int = 1, hidden: int = 64, num_classes: int | None =
     for i in range(blocks):
         fan_in = channels * 9
         tensors[f"blocks.{i}.conv.weight"] = TensorSpec((hidden, channels, 3, 3), "conv", fan_in)
-        tensors[f"blocks.{i}.conv.bias"] = TensorSpec((hidden,), "bias", fan_in)
         tensors[f"blocks.{i}.norm.weight"] = TensorSpec((hidden,), "norm_weight")
         tensors[f"blocks.{i}.norm.bias"] = TensorSpec((hidden,), "norm_bias")
         if track_running_stats:
@@ -175,7 +180,7 @@ def save_weights(path: str | os.PathLike, weights: Mapping[str, np.ndarray],
 
     path = os.fspath(path)
     header = {key: json.dumps(value) for key, value in (metadata or {}).items()}
-    arrays = {name: np.ascontiguousarray(value) for name, value in weights.items()}
+    arrays = {name: np.ascontiguousarray(value).reshape(np.shape(value)) for name, value in weights.items()}  # keeps 0-d arrays 0-d
     blob = _save(arrays, metadata=header)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)

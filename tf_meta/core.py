@@ -60,7 +60,7 @@ class Optimizer:
                  kinds: Mapping[str, str] | None = None):
         if name not in OPTIMIZERS:
             raise ValueError(f"Expected one of {list(OPTIMIZERS)}; received meta_optimizer={name!r}")
-        self.params, self.name, self.lr = dict(params), name, float(lr)
+        self.params, self.name, self.lr, self.eps = dict(params), name, float(lr), ADAM_EPS
         self.kinds = dict(kinds or {})
         self.t = tf.Variable(0, dtype=tf.int64, trainable=False)
         slots = name == "adam"
@@ -83,7 +83,7 @@ class Optimizer:
             c1, c2 = 1 - tf.pow(tf.constant(b1, p.dtype), t), 1 - tf.pow(tf.constant(b2, p.dtype), t)
             m = self.m[n].assign(b1 * self.m[n] + (1 - b1) * g)
             v = self.v[n].assign(b2 * self.v[n] + (1 - b2) * g * g)
-            p.assign(p - self.lr * (m / c1) / (tf.sqrt(v / c2) + ADAM_EPS))
+            p.assign(p - self.lr * (m / c1) / (tf.sqrt(v / c2) + self.eps))
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Neutral state: ``step`` and, for Adam, ``m.<name>``/``v.<name>`` in the neutral layout."""

@@ -70,7 +70,7 @@ class _Conv(_Param):
 
     def call(self, x):
         x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-        return tf.nn.conv2d(x, self.weight, strides=self.stride, padding="VALID") + self.bias
+        return tf.nn.conv2d(x, self.weight, strides=self.stride, padding="VALID")  # no bias: see conv4_spec
 
 
 class BatchNorm(_Param):

@@ -59,7 +59,7 @@ class Optimizer:
     def __init__(self, params: Mapping[str, torch.Tensor], name: str = "adam", lr: float = 1e-3):
         if name not in OPTIMIZERS:
             raise ValueError(f"Expected one of {list(OPTIMIZERS)}; received meta_optimizer={name!r}")
-        self.params, self.name, self.lr, self.t = dict(params), name, float(lr), 0
+        self.params, self.name, self.lr, self.eps, self.t = dict(params), name, float(lr), ADAM_EPS, 0
         self.m = {n: torch.zeros_like(p) for n, p in self.params.items()} if name == "adam" else {}
         self.v = {n: torch.zeros_like(p) for n, p in self.params.items()} if name == "adam" else {}
 
@@ -76,7 +76,7 @@ class Optimizer:
             g = grads[n]
             self.m[n].mul_(b1).add_((1 - b1) * g)
             self.v[n].mul_(b2).add_((1 - b2) * g * g)
-            p.sub_(self.lr * (self.m[n] / c1) / ((self.v[n] / c2).sqrt() + ADAM_EPS))
+            p.sub_(self.lr * (self.m[n] / c1) / ((self.v[n] / c2).sqrt() + self.eps))
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Neutral state: ``step`` and, for Adam, ``m.<name>``/``v.<name>`` in the neutral layout."""

@@ -105,7 +105,7 @@ class _Block(nn.Module):
     def __init__(self, c_in: int, c_out: int, downsample: str, track_running_stats: bool):
         super().__init__()
         self.downsample = downsample
-        self.conv = nn.Conv2d(c_in, c_out, 3, stride=2 if downsample == "stride" else 1, padding=1)
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=2 if downsample == "stride" else 1, padding=1, bias=False)
         self.norm = BatchNorm(c_out, track_running_stats=track_running_stats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
