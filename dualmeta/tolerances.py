@@ -4,11 +4,16 @@ This dict is the single source of truth: ``parity_tests`` and ``dualmeta compare
 ``docs/tolerances.md`` publishes it (a test checks the page and this table agree).
 
 Each entry is ``(tolerance, kind)``; ``kind`` is ``'abs'`` (max |tf - torch|) or ``'rel'``
-(max |tf - torch| / max |torch|).
+(max |tf - torch| / max |torch|). When a quantity is a set of named tensors (gradients, weights), the
+relative scale of a tensor is floored at ``REL_FLOOR`` times the largest tensor of the set: a tensor whose
+true value is zero (the gradient of a convolution bias followed by batch norm) holds only round-off, which
+is compared against the scale of the whole set instead of against itself.
 """
 from __future__ import annotations
 
-__all__ = ["TOLERANCES", "tolerance", "within"]
+__all__ = ["TOLERANCES", "REL_FLOOR", "tolerance", "within", "compare"]
+
+REL_FLOOR = 1e-2
 
 TOLERANCES: dict[str, dict[str, tuple[float, str]]] = {
     "forward":         {"float32": (1e-5, "abs"), "float64": (1e-10, "abs")},
@@ -43,3 +48,33 @@ def within(quantity: str, dtype: str, a, b) -> tuple[bool, float]:
     if kind == "rel":
         diff /= max(float(np.max(np.abs(b))) if b.size else 0.0, 1e-30)
     return diff <= tol, diff
+
+
+def compare(quantity: str, dtype: str, tf_values, torch_values) -> list[str]:
+    """Compares two dicts of named arrays; returns one failure line per tensor out of tolerance.
+
+    A line names the tensor: ``meta_grads/blocks.0.conv.weight: max|tf-torch| (rel) 3e-05 > 1e-05``.
+    """
+    import numpy as np
+
+    tol, kind = tolerance(quantity, dtype)
+    if sorted(tf_values) != sorted(torch_values):
+        only_tf = sorted(set(tf_values) - set(torch_values))
+        only_torch = sorted(set(torch_values) - set(tf_values))
+        return [f"{quantity}: names differ: only in tf {only_tf}, only in torch {only_torch}"]
+    arrays = {n: (np.asarray(tf_values[n], np.float64), np.asarray(torch_values[n], np.float64))
+              for n in torch_values}
+    scale = max([float(np.max(np.abs(b))) for _, b in arrays.values() if b.size] + [0.0])
+    failures = []
+    for name, (a, b) in arrays.items():
+        if a.shape != b.shape:
+            failures.append(f"{quantity}/{name}: shape {a.shape} (tf) != {b.shape} (torch)")
+            continue
+        diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+        if kind == "rel":
+            own = float(np.max(np.abs(b))) if b.size else 0.0
+            diff /= max(own, REL_FLOOR * scale, 1e-30)
+        if not diff <= tol:
+            label = " (rel)" if kind == "rel" else ""
+            failures.append(f"{quantity}/{name}: max|tf-torch|{label} {diff:.3g} > {tol:g}")
+    return failures
