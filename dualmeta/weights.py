@@ -26,7 +26,7 @@ from typing import Mapping, NamedTuple
 import numpy as np
 
 __all__ = ["TensorSpec", "ModelSpec", "mlp_spec", "conv4_spec", "initialize", "save_weights",
-           "load_weights", "check_weights", "DTYPES", "check_dtype"]
+           "load_weights", "check_weights", "DTYPES", "check_dtype", "ACTIVATIONS"]
 
 DTYPES = ("float32", "float64")
 
@@ -56,8 +56,23 @@ class ModelSpec(NamedTuple):
     tensors: dict  # name -> TensorSpec, in the order both backends list their parameters
 
 
-def mlp_spec(in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_features: int = 1) -> ModelSpec:
-    """Multi-layer perceptron: ``in -> hidden... -> out`` with ReLU between layers (not after the last)."""
+ACTIVATIONS = ("relu", "softplus")
+
+
+def check_activation(activation: str) -> str:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"Expected one of {list(ACTIVATIONS)}; received activation={activation!r}")
+    return activation
+
+
+def mlp_spec(in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_features: int = 1,
+             activation: str = "relu") -> ModelSpec:
+    """Multi-layer perceptron: ``in -> hidden... -> out`` with ReLU between layers (not after the last).
+
+    ``activation='softplus'`` swaps ReLU for the smooth ``log(1 + exp(x))``: its derivative has no jump,
+    so finite differences work and float32 round-off cannot flip a unit across a kink (see
+    ``docs/tolerances.md``).
+    """
     sizes = [in_features, *hidden, out_features]
     for size in sizes:
         if not isinstance(size, (int, np.integer)) or size <= 0:
@@ -67,7 +82,7 @@ def mlp_spec(in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_featu
         tensors[f"layers.{i}.weight"] = TensorSpec((n_out, n_in), "dense", n_in)
         tensors[f"layers.{i}.bias"] = TensorSpec((n_out,), "bias", n_in)
     config = dict(in_features=int(in_features), hidden=tuple(int(h) for h in hidden),
-                  out_features=int(out_features))
+                  out_features=int(out_features), activation=check_activation(activation))
     return ModelSpec("mlp", config, tensors)
 
 
@@ -88,7 +103,7 @@ def conv4_feature_size(image_size: int, blocks: int, downsample: str) -> int:
 
 def conv4_spec(in_channels: int = 1, hidden: int = 64, num_classes: int | None = None,
                downsample: str = "stride", head: str = "flatten", image_size: int = 28, blocks: int = 4,
-               track_running_stats: bool = False) -> ModelSpec:
+               track_running_stats: bool = False, activation: str = "relu") -> ModelSpec:
     """The few-shot backbone: ``blocks`` x (3x3 conv, batch norm, ReLU, downsample), a head, a classifier.
 
     The convolutions have no bias: batch norm subtracts the batch mean right after, which cancels any
@@ -97,6 +112,7 @@ def conv4_spec(in_channels: int = 1, hidden: int = 64, num_classes: int | None =
     different in each framework; without the bias there is nothing to diverge (and nothing is lost: the
     norm's own shift plays its role).
 
+    ``activation`` is ``'relu'`` or the smooth ``'softplus'`` (see :func:`mlp_spec`).
     ``downsample='stride'`` uses stride-2 convolutions (Omniglot MAML), ``'maxpool'`` 2x2 max-pooling
     (ProtoNets, mini-ImageNet MAML). ``head='flatten'`` flattens the (C, H, W) map, ``'mean'`` averages
     it over space. ``num_classes=None`` leaves out the linear classifier (an embedding network).
@@ -128,7 +144,7 @@ def conv4_spec(in_channels: int = 1, hidden: int = 64, num_classes: int | None =
         tensors["head.bias"] = TensorSpec((num_classes,), "bias", features)
     config = dict(in_channels=int(in_channels), hidden=int(hidden), num_classes=num_classes,
                   downsample=downsample, head=head, image_size=int(image_size), blocks=int(blocks),
-                  track_running_stats=bool(track_running_stats))
+                  track_running_stats=bool(track_running_stats), activation=check_activation(activation))
     return ModelSpec("conv4", config, tensors)
 
 

@@ -28,6 +28,8 @@ __all__ = ["BatchNorm", "MLP", "Conv4", "mlp", "conv4", "functional_call", "NORM
 NORM_EPS = 1e-5
 NORM_MOMENTUM = 0.1  # update rate: running = (1 - momentum) * running + momentum * batch_statistic
 
+_ACTIVATIONS = {"relu": tf.nn.relu, "softplus": tf.nn.softplus}
+
 # Neutral <-> Keras layouts, by tensor kind.
 _TO_NEUTRAL = {"conv": lambda w: np.transpose(w, (3, 2, 0, 1)), "dense": lambda w: np.transpose(w)}
 _FROM_NEUTRAL = {"conv": lambda w: np.transpose(w, (2, 3, 1, 0)), "dense": lambda w: np.transpose(w)}
@@ -141,12 +143,13 @@ class MLP(_Weights, keras.Model):
         depth = len(spec.config["hidden"]) + 1
         self.dense_layers = [_Dense(spec, f"layers.{i}", dtype=self.dtype_policy) for i in range(depth)]
         self._param_layers = self.dense_layers
+        self.activation = _ACTIVATIONS[spec.config["activation"]]
 
     def call(self, x, training=False):
         for i, layer in enumerate(self.dense_layers):
             x = layer(x)
             if i < len(self.dense_layers) - 1:
-                x = tf.nn.relu(x)
+                x = self.activation(x)
         return x
 
 
@@ -166,11 +169,12 @@ class Conv4(_Weights, keras.Model):
         self.norms = [BatchNorm(spec, f"blocks.{i}.norm", dtype=policy) for i in range(cfg["blocks"])]
         self.head = _Dense(spec, "head", dtype=policy) if cfg["num_classes"] is not None else None
         self._param_layers = self.convs + self.norms + ([self.head] if self.head is not None else [])
+        self.activation = _ACTIVATIONS[cfg["activation"]]
 
     def embed(self, x, training=False):
         """NHWC images -> feature vectors (before the classifier)."""
         for conv, norm in zip(self.convs, self.norms):
-            x = tf.nn.relu(norm(conv(x), training=training))
+            x = self.activation(norm(conv(x), training=training))
             if self.spec.config["downsample"] == "maxpool":
                 x = tf.nn.max_pool2d(x, 2, 2, "VALID")
         if self.spec.config["head"] == "flatten":
@@ -193,23 +197,23 @@ def _build(model: keras.Model, example_shape: tuple[int, ...], init: str, seed: 
 
 
 def mlp(in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_features: int = 1,
-        dtype: str = "float32", init: str = "neutral", seed: int = 0) -> MLP:
+        dtype: str = "float32", init: str = "neutral", seed: int = 0, activation: str = "relu") -> MLP:
     """Builds the MLP of ``dualmeta.weights.mlp_spec``.
 
     ``init='neutral'`` loads ``dualmeta.weights.initialize(spec, seed)`` (identical in both backends);
     ``init='native'`` keeps the framework's own initialiser.
     """
-    spec = neutral.mlp_spec(in_features, tuple(hidden), out_features)
+    spec = neutral.mlp_spec(in_features, tuple(hidden), out_features, activation)
     return _build(MLP(spec, dtype=neutral.check_dtype(dtype)), (in_features,), init, seed, dtype)
 
 
 def conv4(in_channels: int = 1, hidden: int = 64, num_classes: int | None = None,
           downsample: str = "stride", head: str = "flatten", image_size: int = 28, blocks: int = 4,
           track_running_stats: bool = False, dtype: str = "float32", init: str = "neutral",
-          seed: int = 0) -> Conv4:
+          seed: int = 0, activation: str = "relu") -> Conv4:
     """Builds the conv4 backbone of ``dualmeta.weights.conv4_spec`` (see there for the arguments)."""
     spec = neutral.conv4_spec(in_channels, hidden, num_classes, downsample, head, image_size, blocks,
-                              track_running_stats)
+                              track_running_stats, activation)
     model = Conv4(spec, dtype=neutral.check_dtype(dtype))
     return _build(model, (image_size, image_size, in_channels), init, seed, dtype)
 

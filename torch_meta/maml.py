@@ -30,12 +30,27 @@ from typing import Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dualmeta.episodes import Episode
-from torch_meta.core import INNER_REDUCTIONS, Learner, is_classification, task_accuracy, task_loss
-from torch_meta.models import functional_call
+from torch_meta.core import INNER_REDUCTIONS, Learner, is_classification
+from torch_meta.models import _batched_call
 
 __all__ = ["MAML"]
+
+
+def _per_task_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``task_loss`` of each task of a meta-batch: outputs ``(B, N, ...)`` -> ``(B,)``."""
+    if is_classification(targets):
+        return F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape).mean(1)
+    return (outputs - targets).square().flatten(1).mean(1)
+
+
+def _metrics(outputs: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor) -> dict[str, float]:
+    metrics = {"loss": float(losses.mean())}
+    if is_classification(targets):
+        metrics["accuracy"] = float((outputs.argmax(-1) == targets).to(outputs.dtype).mean())
+    return metrics
 
 
 class MAML(Learner):
@@ -64,16 +79,23 @@ class MAML(Learner):
         return {n: self.inner_lr for n in self.adapted_names()}
 
     def inner_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = task_loss(outputs, targets)
+        """Per-task support losses ``(B,)`` for outputs ``(B, N, ...)``, with ``inner_reduction`` applied."""
+        loss = _per_task_loss(outputs, targets)
         if self.inner_reduction == "sum_per_shot" and is_classification(targets):
             loss = loss * outputs.shape[-1]  # sum over ways*shots examples / shots = ways * mean
         return loss
 
     def _adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int, create_graph: bool) -> dict[str, torch.Tensor]:
-        fast = dict(self.model.named_parameters())
+        """Inner loops of a meta-batch ``x: (B, N, ...)`` at once: adapted weights with a leading task axis.
+
+        Every task starts from its own view of the meta-parameters (``expand``), so the gradient of the
+        summed support losses with respect to those views is each task's own gradient.
+        """
+        tasks = x.shape[0]
+        fast = {n: p.expand((tasks,) + tuple(p.shape)) for n, p in self.model.named_parameters()}
         names, rates = self.adapted_names(), self.inner_rates()
         for _ in range(steps):
-            loss = self.inner_loss(functional_call(self.model, fast, x), y)
+            loss = self.inner_loss(_batched_call(self.model, fast, x), y).sum()
             grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=create_graph)
             for n, g in zip(names, grads):
                 fast[n] = fast[n] - rates[n] * g
@@ -83,8 +105,9 @@ class MAML(Learner):
         """Adapted weights after ``steps`` (default ``test_inner_steps``) inner steps on the support set."""
         sx, sy, _, _ = self._tensors(episode)
         with torch.enable_grad():
-            fast = self._adapt(sx, sy, self.test_inner_steps if steps is None else steps, create_graph=False)
-        return {n: t.detach() for n, t in fast.items()}
+            fast = self._adapt(sx[None], sy[None], self.test_inner_steps if steps is None else steps,
+                               create_graph=False)
+        return {n: t[0].detach() for n, t in fast.items()}
 
     # -- meta-training ------------------------------------------------------------------------------
     def meta_gradients(self, batch: Episode) -> tuple[dict[str, np.ndarray], dict[str, float]]:
@@ -95,25 +118,12 @@ class MAML(Learner):
     def _meta_gradients(self, batch: Episode):
         sx, sy, qx, qy = self._tensors(batch)
         params = self.parameters()
-        names = list(params)
-        total = {n: torch.zeros_like(p) for n, p in params.items()}
-        tasks = sx.shape[0]
-        loss_sum, acc_sum = 0.0, 0.0
-        for t in range(tasks):
-            fast = self._adapt(sx[t], sy[t], self.inner_steps, create_graph=not self.first_order)
-            out = functional_call(self.model, fast, qx[t])
-            loss = task_loss(out, qy[t])
-            grads = torch.autograd.grad(loss / tasks, [params[n] for n in names], allow_unused=True)
-            for n, g in zip(names, grads):
-                if g is not None:
-                    total[n] += g
-            loss_sum += float(loss.detach())
-            if is_classification(qy):
-                acc_sum += float(task_accuracy(out.detach(), qy[t]))
-        metrics = {"loss": loss_sum / tasks}
-        if is_classification(qy):
-            metrics["accuracy"] = acc_sum / tasks
-        return total, metrics
+        fast = self._adapt(sx, sy, self.inner_steps, create_graph=not self.first_order)
+        out = _batched_call(self.model, fast, qx)
+        losses = _per_task_loss(out, qy)
+        grads = torch.autograd.grad(losses.mean(), list(params.values()), allow_unused=True)
+        grads = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(params.items(), grads)}
+        return grads, _metrics(out.detach(), qy, losses.detach())
 
     def meta_train_step(self, batch: Episode) -> dict[str, float]:
         """One meta-update on a stacked meta-batch; returns the mean query loss (and accuracy)."""

@@ -28,6 +28,9 @@ NORM_EPS = 1e-5
 NORM_MOMENTUM = 0.1  # update rate: running = (1 - momentum) * running + momentum * batch_statistic
 
 
+_ACTIVATIONS = {"relu": F.relu, "softplus": F.softplus}
+
+
 def _torch_dtype(dtype: str) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64}[neutral.check_dtype(dtype)]
 
@@ -92,24 +95,25 @@ class MLP(_Weights, nn.Module):
         cfg = spec.config
         sizes = [cfg["in_features"], *cfg["hidden"], cfg["out_features"]]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.activation = _ACTIVATIONS[cfg["activation"]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
-                x = F.relu(x)
+                x = self.activation(x)
         return x
 
 
 class _Block(nn.Module):
-    def __init__(self, c_in: int, c_out: int, downsample: str, track_running_stats: bool):
+    def __init__(self, c_in: int, c_out: int, downsample: str, track_running_stats: bool, activation: str):
         super().__init__()
-        self.downsample = downsample
+        self.downsample, self.activation = downsample, _ACTIVATIONS[activation]
         self.conv = nn.Conv2d(c_in, c_out, 3, stride=2 if downsample == "stride" else 1, padding=1, bias=False)
         self.norm = BatchNorm(c_out, track_running_stats=track_running_stats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.norm(self.conv(x)))
+        x = self.activation(self.norm(self.conv(x)))
         return F.max_pool2d(x, 2) if self.downsample == "maxpool" else x
 
 
@@ -124,7 +128,7 @@ class Conv4(_Weights, nn.Module):
         self.spec = spec
         cfg = spec.config
         channels = [cfg["in_channels"]] + [cfg["hidden"]] * cfg["blocks"]
-        self.blocks = nn.ModuleList(_Block(a, b, cfg["downsample"], cfg["track_running_stats"])
+        self.blocks = nn.ModuleList(_Block(a, b, cfg["downsample"], cfg["track_running_stats"], cfg["activation"])
                                     for a, b in zip(channels[:-1], channels[1:]))
         self.head = None
         if cfg["num_classes"] is not None:
@@ -152,22 +156,22 @@ def _build(module: nn.Module, init: str, seed: int, dtype: str) -> nn.Module:
 
 
 def mlp(in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_features: int = 1,
-        dtype: str = "float32", init: str = "neutral", seed: int = 0) -> MLP:
+        dtype: str = "float32", init: str = "neutral", seed: int = 0, activation: str = "relu") -> MLP:
     """Builds the MLP of ``dualmeta.weights.mlp_spec``.
 
     ``init='neutral'`` loads ``dualmeta.weights.initialize(spec, seed)`` (identical in both backends);
     ``init='native'`` keeps the framework's own initialiser.
     """
-    return _build(MLP(neutral.mlp_spec(in_features, tuple(hidden), out_features)), init, seed, dtype)
+    return _build(MLP(neutral.mlp_spec(in_features, tuple(hidden), out_features, activation)), init, seed, dtype)
 
 
 def conv4(in_channels: int = 1, hidden: int = 64, num_classes: int | None = None,
           downsample: str = "stride", head: str = "flatten", image_size: int = 28, blocks: int = 4,
           track_running_stats: bool = False, dtype: str = "float32", init: str = "neutral",
-          seed: int = 0) -> Conv4:
+          seed: int = 0, activation: str = "relu") -> Conv4:
     """Builds the conv4 backbone of ``dualmeta.weights.conv4_spec`` (see there for the arguments)."""
     spec = neutral.conv4_spec(in_channels, hidden, num_classes, downsample, head, image_size, blocks,
-                              track_running_stats)
+                              track_running_stats, activation)
     return _build(Conv4(spec), init, seed, dtype)
 
 
@@ -188,3 +192,43 @@ def functional_call(model: nn.Module, params: Mapping[str, torch.Tensor], x: tor
         return torch.func.functional_call(model, {**buffers, **params}, (x,))
     finally:
         model.train(was_training)
+
+
+def _batched_call(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``functional_call`` for a meta-batch of tasks at once, each with its own weights.
+
+    ``params[name]`` has a leading task axis ``B``; ``x`` is ``(B, N, ...)``; returns ``(B, N, outputs)``.
+    Batch statistics only (training mode, no running statistics). The B tasks' feature maps are laid
+    side by side on the channel axis, so a convolution with ``groups=B`` applies every task's own kernel
+    to its own images in one call, and a plain per-channel batch norm over that axis is exactly each task's
+    batch norm. One big operation per layer instead of B small ones keeps both cores busy and removes the
+    per-task Python loop; the numbers equal the loop's up to round-off (``parity_tests`` checks them).
+    """
+    activation = _ACTIVATIONS[model.spec.config["activation"]]
+    if isinstance(model, MLP):
+        h = x
+        for i in range(len(model.layers)):
+            h = torch.einsum("bni,boi->bno", h, params[f"layers.{i}.weight"]) + params[f"layers.{i}.bias"][:, None]
+            if i < len(model.layers) - 1:
+                h = activation(h)
+        return h
+    cfg = model.spec.config
+    tasks, n = x.shape[:2]
+    h = x.permute(1, 0, 4, 2, 3).reshape(n, tasks * x.shape[4], x.shape[2], x.shape[3])
+    stride = 2 if cfg["downsample"] == "stride" else 1
+    for i in range(cfg["blocks"]):
+        w = params[f"blocks.{i}.conv.weight"]
+        h = F.conv2d(h, w.reshape((-1,) + tuple(w.shape[2:])), stride=stride, padding=1, groups=tasks)
+        mean = h.mean(dim=(0, 2, 3), keepdim=True)
+        var = (h - mean).square().mean(dim=(0, 2, 3), keepdim=True)
+        scale = params[f"blocks.{i}.norm.weight"].reshape(1, -1, 1, 1)
+        shift = params[f"blocks.{i}.norm.bias"].reshape(1, -1, 1, 1)
+        h = activation((h - mean) * torch.rsqrt(var + NORM_EPS) * scale + shift)
+        if cfg["downsample"] == "maxpool":
+            h = F.max_pool2d(h, 2)
+    h = h.reshape(n, tasks, cfg["hidden"], h.shape[2], h.shape[3])
+    features = h.flatten(2) if cfg["head"] == "flatten" else h.mean(dim=(3, 4))  # (N, B, F)
+    if "head.weight" not in params:
+        return features.transpose(0, 1)
+    logits = torch.einsum("nbf,bof->bno", features, params["head.weight"]) + params["head.bias"][:, None]
+    return logits

@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 
 from dualmeta.episodes import Episode
-from torch_meta.core import is_classification, task_accuracy, task_loss
-from torch_meta.maml import MAML
-from torch_meta.models import functional_call
+from torch_meta.maml import MAML, _metrics, _per_task_loss
+from torch_meta.models import _batched_call
 
 __all__ = ["Reptile"]
 
@@ -31,20 +30,9 @@ class Reptile(MAML):
     def _meta_gradients(self, batch: Episode):
         sx, sy, qx, qy = self._tensors(batch)
         params = self.parameters()
-        tasks = sx.shape[0]
-        total = {n: torch.zeros_like(p) for n, p in params.items()}
-        loss_sum, acc_sum = 0.0, 0.0
-        for t in range(tasks):
-            with torch.enable_grad():
-                fast = self._adapt(sx[t], sy[t], self.inner_steps, create_graph=False)
-            with torch.no_grad():
-                for n in total:
-                    total[n] += (params[n] - fast[n]) / tasks
-                out = functional_call(self.model, fast, qx[t])
-                loss_sum += float(task_loss(out, qy[t]))
-                if is_classification(qy):
-                    acc_sum += float(task_accuracy(out, qy[t]))
-        metrics = {"loss": loss_sum / tasks}
-        if is_classification(qy):
-            metrics["accuracy"] = acc_sum / tasks
-        return total, metrics
+        with torch.enable_grad():
+            fast = self._adapt(sx, sy, self.inner_steps, create_graph=False)
+        with torch.no_grad():
+            grads = {n: p - fast[n].mean(0) for n, p in params.items()}
+            out = _batched_call(self.model, fast, qx)
+            return grads, _metrics(out, qy, _per_task_loss(out, qy))
