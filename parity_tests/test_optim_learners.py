@@ -23,6 +23,7 @@ LEARNERS = {  # name -> (module, class, constructor arguments)
     "reptile": ("reptile", "Reptile", dict(inner_lr=0.1, inner_steps=3, meta_lr=0.5)),
     "metasgd": ("metasgd", "MetaSGD", dict(inner_lr=0.1, inner_steps=2)),
     "anil": ("anil", "ANIL", dict(inner_lr=0.1, inner_steps=2)),
+    "finetune": ("finetune", "FineTune", dict(inner_lr=0.1, test_inner_steps=2)),
 }
 DTYPES = ("float32", "float64")
 # ReLU's derivative jumps at 0. Over a float32 trajectory some pre-activation eventually lies within
@@ -111,7 +112,9 @@ def test_trajectory_100_steps(learner, fixture, dtype):
         for b in twins:
             losses[b].append(twins[b].meta_train_step(batch)["loss"])
     tf_losses, torch_losses = np.array(losses["tf"]), np.array(losses["torch"])
-    assert torch_losses[-10:].mean() < torch_losses[:10].mean(), "the trajectory did not learn"
+    if not (learner == "finetune" and fixture == "omniglot"):  # labels are shuffled per episode: without
+        # an inner loop there is nothing to learn on the query set, so only parity is checked there
+        assert torch_losses[-10:].mean() < torch_losses[:10].mean(), "the trajectory did not learn"
     tol, _ = tolerance("trajectory_loss", dtype)
     rel = np.abs(tf_losses - torch_losses) / np.maximum(np.abs(torch_losses), 1e-12)
     worst = int(np.argmax(rel))
