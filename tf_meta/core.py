@@ -135,6 +135,7 @@ class Learner:
         return {**self.model_parameters(), **self.extra}
 
     def kinds(self) -> dict[str, str]:
+        """The layout kind (``'conv'``, ``'dense'``, ...) of every tensor, by neutral name."""
         return {**{n: t.kind for n, t in self.model.spec.tensors.items()}, **self.extra_kinds}
 
     @property

@@ -86,6 +86,10 @@ class MAML(Learner):
         return self._adapt(support_x, support_y, self.test_inner_steps if steps is None else steps,
                            create_graph=False)
 
+    def adapt(self, episode: Episode, steps: int | None = None) -> dict[str, tf.Tensor]:
+        """Adapted weights after ``steps`` (default ``test_inner_steps``) inner steps on the support set."""
+        return super().adapt(episode, steps)
+
     # -- meta-training ------------------------------------------------------------------------------
     def meta_gradients(self, batch: Episode) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Meta-gradient of the mean query loss over the meta-batch (neutral layout) and the metrics."""

@@ -173,7 +173,12 @@ class MetricLearner(Learner):
 
     def _episode(self, episode: Episode):
         """``(ways, support_x, support_y, query_x, query_y)`` of a numpy episode, as tensors."""
-        return (_episode_ways(episode.support_y), *self._tensors(episode))
+        ways = _episode_ways(episode.support_y)
+        query_y = np.asarray(episode.query_y)
+        if query_y.size and (query_y.min() < 0 or query_y.max() >= ways):
+            raise ValueError(f"Expected query labels in 0..{ways - 1} (the support classes); received labels "
+                             f"from {query_y.min()} to {query_y.max()}")
+        return (ways, *self._tensors(episode))
 
     def _embeddings(self, sx, sy, qx, ways: int, training: bool, update_stats: bool = False):
         """``(support_z, support_onehot, query_z)`` of one episode; support and query embedded as one batch."""

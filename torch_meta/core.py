@@ -116,15 +116,29 @@ class Learner:
         self._optimizer = None
 
     # -- parameters ---------------------------------------------------------------------------------
+    def model_parameters(self) -> dict[str, torch.Tensor]:
+        """The model's trainable parameters by neutral name."""
+        return dict(self.model.named_parameters())
+
     def parameters(self) -> dict[str, torch.Tensor]:
         """Every tensor the meta-optimiser updates, by neutral name."""
-        return {**dict(self.model.named_parameters()), **self.extra}
+        return {**self.model_parameters(), **self.extra}
+
+    def kinds(self) -> dict[str, str]:
+        """The layout kind (``'conv'``, ``'dense'``, ...) of every tensor, by neutral name."""
+        kinds = {n: t.kind for n, t in self.model.spec.tensors.items()}
+        return {**kinds, **{n: kinds[n.split(".", 1)[1]] for n in self.extra if n.split(".", 1)[1] in kinds}}
 
     @property
     def optimizer(self) -> Optimizer:
         if self._optimizer is None:
             self._optimizer = Optimizer(self.parameters(), self.meta_optimizer, self.meta_lr)
         return self._optimizer
+
+    def to_neutral(self, name: str, value) -> np.ndarray:
+        """A tensor of this learner in the neutral layout (PyTorch's layout is the neutral one: a copy)."""
+        value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        return np.ascontiguousarray(value).copy()
 
     def get_weights(self) -> dict[str, np.ndarray]:
         weights = self.model.get_weights()
@@ -173,6 +187,9 @@ class Learner:
                 metrics["accuracy"] = float(task_accuracy(out, qy))
         return metrics
 
+    def adapt(self, episode: Episode, steps: int | None = None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
     def evaluate(self, episodes: Iterable[Episode], steps: int | None = None) -> dict[str, dict[str, float]]:
         """Mean query loss (and accuracy) with 95% confidence intervals over ``episodes``."""
         per_episode: dict[str, list[float]] = {}
@@ -182,9 +199,6 @@ class Learner:
         if not per_episode:
             raise ValueError("evaluate needs at least one episode; received none")
         return summarize(per_episode)
-
-    def adapt(self, episode: Episode, steps: int | None = None) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
 
     def meta_train_step(self, batch: Episode) -> dict[str, float]:
         raise NotImplementedError
