@@ -1,0 +1,494 @@
+"""dualmeta command line: ``python -m dualmeta <command> [--flags]`` or ``dualmeta <command>``.
+
+Commands:
+  compare   train the same experiment in both backends from the same weights; report side by side
+            (no flags: sinusoid MAML, float64, 5000 steps; 35-80 s on two CPU cores)
+  train     meta-train one backend; checkpoints, TensorBoard, metrics.jsonl in --logdir
+  evaluate  load a checkpoint (from either backend) and report accuracy/MSE with a 95% CI
+  bench     time meta_train_step on synthetic data; prints one JSON line
+
+Recipes: --flagfile=dualmeta/configs/omniglot_maml_5w1s.flags. Exit codes: 0 done, 1 error (a one-line
+message on stderr), 2 bad command line, 130 stopped by SIGINT (Ctrl-C), 143 by SIGTERM (a checkpoint of
+the last completed step is saved first; continue with --resume).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+COMMANDS = ("train", "evaluate", "compare", "bench")
+LEARNER_NAMES = ["maml", "fomaml", "reptile", "metasgd", "anil", "finetune", "protonet", "matchingnet"]
+_ABSL_FLAGS = set(FLAGS)
+
+flags.DEFINE_enum("backend", None, ["tf", "torch"], "Backend (default: torch if installed, else tf).")
+flags.DEFINE_enum("learner", "maml", LEARNER_NAMES, "Meta-learning algorithm (finetune: the pretrain-then-"
+                  "fine-tune baseline).")
+flags.DEFINE_enum("tasks", "sinusoid", ["sinusoid", "omniglot"], "Task family.")
+flags.DEFINE_enum("split", None, ["vinyals", "lake"], "Omniglot split (default vinyals).")
+flags.DEFINE_integer("ways", None, "Classes per episode at validation/test (omniglot default 5).")
+flags.DEFINE_integer("shots", None, "Support examples per class (sinusoid: points) (default 10 / 1).")
+flags.DEFINE_integer("queries", None, "Query examples per class (sinusoid: points) (default 10 / 15).")
+flags.DEFINE_integer("train_ways", None, "Ways in training episodes (default --ways; protonet 60).")
+flags.DEFINE_integer("train_shots", None, "Shots in training episodes (default --shots).")
+flags.DEFINE_integer("train_queries", None, "Queries in training episodes (default --queries; protonet 5).")
+flags.DEFINE_integer("meta_batch_size", None, "Tasks per meta-update (default 25 sinusoid, 32 omniglot).")
+flags.DEFINE_integer("inner_steps", None, "Inner-loop steps in training (default 1; reptile 5).")
+flags.DEFINE_integer("test_inner_steps", None, "Inner-loop steps at validation/test (default 10 / 3).")
+flags.DEFINE_float("inner_lr", None, "Inner-loop learning rate (default 0.01 sinusoid, 0.4 omniglot).")
+flags.DEFINE_float("meta_lr", None, "Meta learning rate (default 1e-3; reptile 1.0 with SGD).")
+flags.DEFINE_enum("inner_reduction", None, ["mean", "sum_per_shot"],
+                  "Support-loss reduction (default: mean; omniglot MAML sum_per_shot, as the original code).")
+flags.DEFINE_integer("steps", None, "Meta-training steps (default 70000 sinusoid, 60000 omniglot MAML; "
+                     "compare 1000; bench 20 timed steps).")
+flags.DEFINE_integer("seed", 0, "Seed of the initial weights and of the training episodes.")
+flags.DEFINE_enum("dtype", None, ["float32", "float64"], "Floating point type (default float32; compare float64).")
+flags.DEFINE_enum("activation", "relu", ["relu", "softplus"], "Model nonlinearity. In float32 the backends' "
+                  "round-off flips ReLU kinks and long trajectories drift apart; softplus keeps them together.")
+flags.DEFINE_integer("hidden", None, "Model width: MLP hidden units (default 40) or conv4 channels (default 64).")
+flags.DEFINE_string("logdir", None, "Run folder (default runs/<tasks>-<learner>-<backend>, runs/compare-...).")
+flags.DEFINE_string("data_dir", None, "Omniglot folder (default $DUALMETA_DATA_DIR, else ../shared/data/omniglot "
+                    "beside the checkout if present, else ~/.cache/dualmeta/omniglot).")
+flags.DEFINE_string("checkpoint", None, "evaluate: checkpoint file or run folder (default <logdir>/checkpoint.safetensors).")
+flags.DEFINE_integer("episodes", 600, "Evaluation episodes (fixed: the same in every run and backend).")
+flags.DEFINE_boolean("resume", False, "train: continue the run in --logdir from its last checkpoint.")
+flags.DEFINE_string("report", None, "Write a JSON report to this path (train: evaluates at the end).")
+flags.DEFINE_integer("val_every", 1000, "Validate every N steps (and at the last step); 0: only at the end.")
+flags.DEFINE_integer("val_episodes", 100, "Validation episodes.")
+flags.DEFINE_integer("checkpoint_every", 1000, "Checkpoint every N steps (and at the end); 0: only at the end.")
+flags.DEFINE_integer("log_every", 100, "Progress line every N steps when stderr is not a terminal.")
+flags.DEFINE_integer("lr_decay_every", None, "protonet/matchingnet: halve --meta_lr every N steps "
+                     "(default: protonet 2000, as Snell et al.; matchingnet never).")
+flags.DEFINE_integer("warmup", 3, "bench: untimed warm-up steps.")
+flags.DEFINE_integer("threads", None, "CPU threads per backend (intra-op); default 1 for sinusoid (tiny "
+                     "operations, where more threads only wait on each other), the framework's own otherwise.")
+
+_FLAG_NAMES = tuple(name for name in FLAGS if name not in _ABSL_FLAGS)
+COMPARE_STEPS = 5000
+BENCH_STEPS = 20
+EXIT_ERROR, EXIT_USAGE = 1, 2
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+_EXPERIMENT_FLAGS = ("split", "ways", "shots", "queries", "train_ways", "train_shots", "train_queries",
+                     "meta_batch_size", "inner_steps", "test_inner_steps", "inner_lr", "meta_lr",
+                     "inner_reduction", "steps", "seed", "dtype", "hidden", "activation", "lr_decay_every",
+                     "data_dir")
+
+_NOT_INHERITED = ("train_ways", "train_shots", "train_queries", "data_dir")  # evaluate: not from the checkpoint
+_SHAPE_FLAGS = ("split", "ways", "shots", "queries", "dtype", "hidden", "activation")  # ... when it had another learner
+
+
+class CommandError(Exception):
+    """An error for the user: printed as one line, exit code 1."""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _die(message: str, code: int = EXIT_ERROR):
+    _say(f"dualmeta: error: {' '.join(str(message).split())}")
+    sys.exit(code)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------------------
+
+def _given(name: str) -> bool:
+    return FLAGS[name].present > 0
+
+
+def _backend_name() -> str:
+    from dualmeta import backend
+    return FLAGS.backend or backend.default_backend()
+
+
+def _experiment(command: str, base: dict | None = None, backend_name: str | None = None):
+    """The experiment from the flags; ``base`` (a checkpoint's settings) fills what the flags leave out."""
+    from dualmeta.experiment import resolve
+
+    values = {name: getattr(FLAGS, name) for name in _EXPERIMENT_FLAGS}
+    learner, tasks = FLAGS.learner, FLAGS.tasks
+    if base is not None:
+        learner = FLAGS.learner if _given("learner") else base["learner"]
+        tasks = FLAGS.tasks if _given("tasks") else base["tasks"]
+        if tasks == base["tasks"]:  # training-episode shapes and the data folder are not the checkpoint's
+            names = _EXPERIMENT_FLAGS if learner == base["learner"] else _SHAPE_FLAGS
+            for name in names:
+                if not _given(name) and name in base and name not in _NOT_INHERITED:
+                    values[name] = base[name]
+    if values["dtype"] is None:
+        values["dtype"] = "float64" if command == "compare" else "float32"
+    if values["steps"] is None and command in ("compare", "bench"):
+        values["steps"] = COMPARE_STEPS if command == "compare" else BENCH_STEPS
+    return resolve(backend=backend_name or _backend_name(), learner=learner, tasks=tasks, **values)
+
+
+def _logdir(experiment, command: str) -> str:
+    if FLAGS.logdir:
+        return FLAGS.logdir
+    if command == "compare":
+        return os.path.join("runs", f"compare-{experiment.tasks}-{experiment.learner}-{experiment.dtype}")
+    return os.path.join("runs", f"{experiment.tasks}-{experiment.learner}-{experiment.backend}")
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Hides what C++ libraries print on fd 2 while a framework is imported (TensorFlow's start-up log
+    ignores TF_CPP_MIN_LOG_LEVEL); Python errors still propagate. DUALMETA_VERBOSE=1 keeps it."""
+    if os.environ.get("DUALMETA_VERBOSE"):
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _threads(experiment) -> int:
+    """--threads, else 1 for sinusoid (0 = the framework's default)."""
+    return FLAGS.threads if FLAGS.threads is not None else (1 if experiment.tasks == "sinusoid" else 0)
+
+
+def _learner(experiment, backend_name: str | None = None):
+    from dualmeta import backend
+    name = backend_name or experiment.backend
+    with _quiet_native_stderr():
+        backend.load_backend(name)
+    backend.set_threads(name, _threads(experiment))
+    model, config = experiment.model()
+    return backend.make_learner(name, experiment.learner, model, config,
+                                dtype=experiment.dtype, seed=experiment.seed,
+                                learner_args=experiment.learner_args())
+
+
+def _metadata(experiment, learner_name: str) -> dict:
+    from dualmeta import __version__
+    name, config = experiment.model()
+    return {"learner": learner_name, "backend": experiment.backend, "model": {"name": name, "config": config},
+            "dtype": experiment.dtype, "experiment": experiment.to_dict(), "dualmeta_version": __version__}
+
+
+def _set_weights(learner, checkpoint, experiment) -> None:
+    """Loads checkpoint weights, naming the tensor and the flags of the checkpoint on a shape mismatch."""
+    try:
+        learner.set_weights(checkpoint.weights)
+    except ValueError as error:
+        trained = checkpoint.metadata["experiment"]
+        keys = ["tasks", "learner", "hidden"] + (["ways"] if trained.get("ways") else []) + \
+            (["activation"] if trained.get("activation", "relu") != "relu" else [])
+        flags_used = " ".join(f"--{k}={trained[k]}" for k in keys)
+        reason = str(error).replace(" Build the model with the same architecture flags as the checkpoint.", "")
+        raise CommandError(f"{checkpoint.path} does not fit the model built from the flags: {reason} The "
+                           f"checkpoint was trained with {flags_used}; pass those flags (or leave them out "
+                           "to take the checkpoint's)") from None
+
+
+def _evaluate(learner, experiment, episodes: int, label: str = ""):
+    t0 = time.perf_counter()
+    result = learner.evaluate(experiment.eval_tasks().take(episodes))
+    _say(f"{label}evaluated {episodes} episodes in {time.perf_counter() - t0:.1f}s")
+    return result
+
+
+def _report(result, experiment, episodes: int, **extra) -> dict:
+    from dualmeta.experiment import EVAL_SEED
+    from dualmeta.report import evaluation_report
+    e = experiment
+    settings = dict(tasks=e.tasks, dtype=e.dtype, shots=e.shots, queries=e.queries,
+                    test_inner_steps=e.test_inner_steps, eval_seed=EVAL_SEED)
+    if e.classification:
+        settings.update(split=e.split, ways=e.ways)
+    return evaluation_report(result, classification=e.classification, episodes=episodes, backend=e.backend,
+                             learner=e.learner, **settings, **extra)
+
+
+def _print_result(report: dict) -> None:
+    metric = "accuracy" if "accuracy" in report else "mse"
+    value = report[metric]
+    print(f"{report['backend']} {report['learner']} on {report['tasks']}: {metric} {value['mean']:.4f} ± "
+          f"{value['ci95']:.4f} (95% CI, {report['episodes']} episodes); loss {report['loss']['mean']:.4f}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------------
+
+def cmd_train() -> int:
+    from dualmeta import checkpoint as ckpt
+    from dualmeta.tensorboard import EventWriter
+    from dualmeta.train import MetricsLog, Progress, train
+
+    experiment = _experiment("train")
+    logdir = _logdir(experiment, "train")
+    start, resumed = 0, None
+    if FLAGS.resume:
+        resumed = ckpt.load_latest(logdir)
+        before = resumed.metadata["experiment"]
+        changed = [f"--{k}={v!r} (checkpoint: {before[k]!r})" for k, v in experiment.defining().items()
+                   if k in before and before[k] != v]  # a setting newer than the checkpoint keeps its default
+        if changed:
+            raise CommandError(f"--resume refuses settings that change the experiment: {', '.join(changed)}; "
+                               "use the run's settings or start a new run in another --logdir")
+        start = int(resumed.metadata["step"])
+    elif os.path.exists(os.path.join(logdir, ckpt.WEIGHTS_FILE)):
+        raise CommandError(f"--logdir={logdir} already holds a checkpoint; pass --resume to continue it, or "
+                           "choose another --logdir")
+    created = not os.path.exists(logdir)
+    ckpt.check_writable(logdir)
+    try:
+        learner = _learner(experiment)
+        tasks = experiment.train_tasks()
+        val_episodes = experiment.val_tasks().take(FLAGS.val_episodes) if FLAGS.val_episodes > 0 else None
+    except BaseException:
+        if created and not os.listdir(logdir):
+            os.rmdir(logdir)  # leave no trace of a run that never started
+        raise
+    if resumed is not None:
+        _set_weights(learner, resumed, experiment)
+        learner.set_optimizer_state(resumed.state)
+        _say(f"Resuming {logdir} from step {start}")
+    metadata = _metadata(experiment, experiment.learner)
+    index = {"flags": {name: FLAGS[name].value for name in _FLAG_NAMES}, "experiment": experiment.to_dict()}
+
+    def save(step: int) -> None:
+        ckpt.save(logdir, step, learner.get_weights(), learner.get_optimizer_state(), metadata, index)
+
+    # A restart event at the first step this run writes, and metrics.jsonl cut to the checkpoint's step,
+    # drop what an interrupted (or failed, never checkpointed) run wrote after it.
+    MetricsLog.truncate_after(os.path.join(logdir, "metrics.jsonl"), start)
+    writer = EventWriter(logdir)
+    writer.start(start + 1)
+    metrics_log = MetricsLog(os.path.join(logdir, "metrics.jsonl"))
+    progress = Progress(experiment.steps, start, every=FLAGS.log_every)
+    try:
+        outcome = train(learner, tasks, experiment.meta_batch_size, experiment.steps, start_step=start,
+                        save=save, checkpoint_every=FLAGS.checkpoint_every,
+                        validate=(lambda: {k: v["mean"] for k, v in learner.evaluate(val_episodes).items()})
+                        if val_episodes else None, val_every=FLAGS.val_every, writer=writer,
+                        metrics_log=metrics_log, progress=progress, saved_step=start if resumed else None)
+    finally:
+        writer.close()
+        metrics_log.close()
+    path = os.path.join(logdir, ckpt.WEIGHTS_FILE)
+    if outcome.status != "done":
+        _say(f"Stopped by {outcome.status} after step {outcome.step}; checkpoint saved to {path}. "
+             f"Continue with: --resume --logdir={logdir}")
+        return EXIT_SIGNAL.get(outcome.status, EXIT_ERROR)
+    ran = outcome.step - start
+    rate = f", {ran / outcome.seconds:.1f} steps/s" if outcome.seconds > 0 else ""
+    last = f"; final training loss {outcome.losses[-1]:.4f}" if outcome.losses else ""
+    print(f"Trained {experiment.backend} {experiment.learner} on {experiment.tasks} to step {outcome.step} "
+          f"({ran} steps{rate}){last}; checkpoint: {path}")
+    if FLAGS.report:
+        result = _evaluate(learner, experiment, FLAGS.episodes)
+        report = _report(result, experiment, FLAGS.episodes, checkpoint=path, step=outcome.step)
+        _write_report(FLAGS.report, report)
+        _print_result(report)
+    return 0
+
+
+def _write_report(path: str, report: dict) -> None:
+    from dualmeta.report import write_json
+    try:
+        write_json(path, report)
+    except OSError as error:
+        raise CommandError(f"Cannot write the report --report={path} ({error.strerror or error}); "
+                           "pass a writable path") from None
+    _say(f"Report written to {path}")
+
+
+def cmd_evaluate() -> int:
+    from dualmeta import checkpoint as ckpt
+    path = FLAGS.checkpoint or (os.path.join(FLAGS.logdir, ckpt.WEIGHTS_FILE) if FLAGS.logdir else None)
+    if path is None:
+        raise CommandError("evaluate needs a checkpoint: pass --checkpoint=<run>/checkpoint.safetensors "
+                           "or --logdir=<run>")
+    checkpoint = ckpt.read_weights(path)
+    experiment = _experiment("evaluate", base=checkpoint.metadata["experiment"])
+    learner = _learner(experiment)
+    _set_weights(learner, checkpoint, experiment)
+    result = _evaluate(learner, experiment, FLAGS.episodes)
+    report = _report(result, experiment, FLAGS.episodes, checkpoint=checkpoint.path,
+                     step=checkpoint.metadata["step"], trained_backend=checkpoint.metadata["backend"])
+    _print_result(report)
+    if FLAGS.report:
+        _write_report(FLAGS.report, report)
+    return 0
+
+
+def cmd_compare() -> int:
+    import numpy as np
+
+    from dualmeta import checkpoint as ckpt
+    from dualmeta import report as rep
+    from dualmeta.tensorboard import EventWriter
+    from dualmeta.tolerances import tolerance
+    from dualmeta.train import MetricsLog, Progress, train
+
+    experiment = _experiment("compare", backend_name="torch")
+    logdir = _logdir(experiment, "compare")
+    ckpt.check_writable(logdir)
+    tasks = experiment.train_tasks()
+    eval_episodes = experiment.eval_tasks().take(FLAGS.episodes)
+    learners = {name: _learner(experiment, name) for name in ("torch", "tf")}
+    start_weights = learners["torch"].get_weights()  # = dualmeta.weights.initialize(spec, seed) + learner tensors
+    learners["tf"].set_weights(start_weights)
+    runs = {}
+    every = FLAGS.log_every if _given("log_every") else max(1, experiment.steps // 10)
+    for name, learner in learners.items():
+        folder = os.path.join(logdir, name)
+        os.makedirs(folder, exist_ok=True)
+        for old in os.listdir(folder):  # a new comparison replaces the last one's logs
+            if old.startswith("events.out.tfevents.") or old == "metrics.jsonl":
+                os.unlink(os.path.join(folder, old))
+        with EventWriter(folder) as writer:
+            log = MetricsLog(os.path.join(folder, "metrics.jsonl"))
+            try:
+                outcome = train(learner, tasks, experiment.meta_batch_size, experiment.steps, writer=writer,
+                                metrics_log=log, progress=Progress(experiment.steps, every=every,
+                                                                   label=f"{name:5s} "))
+            finally:
+                log.close()
+        if outcome.status != "done":
+            _say(f"compare stopped by {outcome.status} during the {name} run; no report written")
+            return EXIT_SIGNAL.get(outcome.status, EXIT_ERROR)
+        evaluation = _evaluate(learner, experiment, FLAGS.episodes, label=f"{name:5s} ")
+        runs[name] = {"losses": outcome.losses, "s_per_step": statistics.median(outcome.times),
+                      "mean_s_per_step": outcome.seconds / len(outcome.times), "train_seconds": outcome.seconds,
+                      "evaluation": _report(evaluation, experiment, FLAGS.episodes)}
+        for key in ("backend", "learner", "tasks", "dtype", "episodes", "eval_seed"):
+            runs[name]["evaluation"].pop(key, None)
+    diffs = rep.relative_differences(runs["tf"]["losses"], runs["torch"]["losses"])
+    tol, kind = tolerance("trajectory_loss", experiment.dtype)
+    worst = int(np.argmax(diffs))
+    final = {k: learners[k].get_weights() for k in learners}
+    config = {k: v for k, v in experiment.to_dict().items() if k not in ("backend", "data_dir")}
+    report = {
+        "verdict": "pass" if float(diffs[worst]) <= tol else "fail",
+        "max_rel_loss_diff": float(diffs[worst]), "max_rel_loss_diff_step": worst + 1,
+        "tolerance": {"quantity": "trajectory_loss", "dtype": experiment.dtype, "value": tol, "kind": kind,
+                      "measured_as": "max over steps of |loss_tf - loss_torch| / |loss_torch|"},
+        "steps": experiment.steps, "episodes": FLAGS.episodes, "config": config,
+        "final_weights_max_abs_diff": max(float(np.max(np.abs(final["tf"][n] - final["torch"][n])))
+                                          for n in final["torch"]),
+        "backends": runs, "rel_loss_diff": diffs.tolist(),
+    }
+    paths = {ext: os.path.join(logdir, f"compare.{ext}") for ext in ("json", "md", "png")}
+    rep.write_json(paths["json"], report)
+    ckpt.atomic_write_text(paths["md"], rep.compare_markdown(report))
+    if not rep.plot_compare(paths["png"], report):
+        _say("matplotlib is not installed, so no compare.png: pip install 'dualmeta[plots]'")
+        del paths["png"]
+    print(rep.text_table(rep.summary_table(report)))
+    print(f"verdict: {report['verdict'].upper()} (max relative loss difference {report['max_rel_loss_diff']:.2e} "
+          f"at step {worst + 1}; tolerance {tol:g} for {experiment.dtype})")
+    for ext, path in paths.items():
+        print(f"wrote {path}")
+    if report["verdict"] != "pass" and experiment.dtype == "float32" and experiment.activation == "relu":
+        _say("hint: in float32 the backends' round-off lands on opposite sides of ReLU kinks and long "
+             "trajectories drift apart; compare with --activation=softplus or --dtype=float64")
+    return 0 if report["verdict"] == "pass" else EXIT_ERROR
+
+
+def _synthetic_batch(experiment, seed: int):
+    """A random meta-batch with the shapes of the training episodes (no dataset needed)."""
+    import numpy as np
+    from dualmeta.episodes import Episode
+    rng = np.random.default_rng(seed)
+    b, shots, queries = experiment.meta_batch_size, experiment.train_shots, experiment.train_queries
+    if not experiment.classification:
+        x = rng.uniform(-5, 5, size=(b, shots + queries, 1)).astype(np.float32)
+        y = (rng.uniform(0.1, 5, size=(b, 1, 1)) * np.sin(x)).astype(np.float32)
+        return Episode(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
+    ways, size = experiment.train_ways, 28
+    def images(n):
+        return rng.random((b, ways * n, size, size, 1), dtype=np.float32)
+    def labels(n):
+        return np.tile(np.repeat(np.arange(ways, dtype=np.int64), n), (b, 1))
+    return Episode(images(shots), labels(shots), images(queries), labels(queries))
+
+
+def cmd_bench() -> int:
+    import platform
+    experiment = _experiment("bench")
+    if FLAGS.warmup < 0:
+        raise CommandError(f"Expected --warmup >= 0; received --warmup={FLAGS.warmup}")
+    learner = _learner(experiment)
+    batch = _synthetic_batch(experiment, experiment.seed)
+    times = []
+    for i in range(FLAGS.warmup + experiment.steps):
+        t0 = time.perf_counter()
+        learner.meta_train_step(batch)
+        if i >= FLAGS.warmup:
+            times.append(time.perf_counter() - t0)
+    e = experiment
+    median = statistics.median(times)
+    result = {"backend": e.backend, "learner": e.learner, "tasks": e.tasks, "steps": len(times),
+              "warmup": FLAGS.warmup, "median_s_per_step": median, "min_s_per_step": min(times),
+              "max_s_per_step": max(times), "episodes_per_s": e.meta_batch_size / median,
+              "meta_batch_size": e.meta_batch_size, "ways": e.train_ways, "shots": e.train_shots,
+              "queries": e.train_queries, "inner_steps": e.inner_steps, "dtype": e.dtype, "hidden": e.hidden,
+              "model": e.model()[0], "threads": _threads(e) or "default", "cpus": os.cpu_count(),
+              "python": platform.python_version()}
+    print(json.dumps(result), flush=True)
+    if FLAGS.report:
+        _write_report(FLAGS.report, result)
+    return 0
+
+
+_COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "bench": cmd_bench}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        received = " ".join(argv[1:]) or "nothing"
+        _die(f"expected one command, {', '.join(COMMANDS[:-1])} or {COMMANDS[-1]} (e.g. `python -m dualmeta "
+             f"compare`); received {received}. See --helpshort for the flags", EXIT_USAGE)
+    from dualmeta.backend import BackendUnavailable
+    from dualmeta.checkpoint import CheckpointError
+    from dualmeta.train import NonFiniteLoss
+    try:
+        return _COMMANDS[argv[1]]()
+    except (CommandError, CheckpointError, BackendUnavailable, NonFiniteLoss, FileNotFoundError) as error:
+        _die(str(error))
+    except ValueError as error:  # a setting the library refused: its message names the accepted values
+        _die(str(error))
+    except KeyboardInterrupt:
+        _die("interrupted; checkpoints already written are intact", EXIT_SIGNAL["SIGINT"])
+    except MemoryError:
+        _die("out of memory; lower --meta_batch_size, --ways, --queries or --hidden")
+
+
+def _parse(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        _die(f"{error} (see --helpshort)", EXIT_USAGE)
+
+
+def run() -> None:
+    """Entry point of ``python -m dualmeta`` and the ``dualmeta`` console script."""
+    # --helpshort lists the key flags of the program (absl files them under sys.argv[0]) under its docstring.
+    for name in _FLAG_NAMES:
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+    main_module = sys.modules.get("__main__")
+    if main_module is not None and not (main_module.__doc__ or "").strip().startswith("dualmeta command line"):
+        main_module.__doc__ = __doc__
+    app.run(main, flags_parser=_parse)
+
+
+if __name__ == "__main__":
+    run()

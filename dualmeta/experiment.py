@@ -1,0 +1,239 @@
+"""An experiment's settings, resolved once from plain values: task defaults, model, learner arguments, task sets.
+
+The command line passes its flags here as keyword arguments (``None`` = not given); this module reads no
+flags and imports no framework. Defaults depend on the task (and a few on the learner):
+
+=================  ===========================  ==============================================
+setting            sinusoid (Finn et al. 2017)  omniglot (MAML family / protonet, matchingnet)
+=================  ===========================  ==============================================
+ways               --                           5
+shots / queries    10 / 10                      1 / 15
+train_ways         --                           ways (protonet: 60)
+train_queries      queries                      queries (protonet: 5)
+meta_batch_size    25                           32 / 1
+inner_lr           0.01                         0.4 / --
+inner_steps        1 (reptile 5)                1 (reptile 5) / --
+test_inner_steps   10                           3 / --
+inner_reduction    mean                         sum_per_shot (the original code) / --
+meta_lr            1e-3 (reptile 1.0, SGD)      1e-3 (reptile 1.0, SGD)
+lr_decay_every     --                           -- / protonet 2000 (halves meta_lr), matchingnet none
+steps              70000                        60000 / 20000
+hidden             40 (mlp 1-40-40-1)           64 (conv4)
+=================  ===========================  ==============================================
+
+Episodes are addressed by (seed, index): training batches come from ``seed``, validation episodes from
+``seed + VAL_SEED_OFFSET`` and evaluation episodes from the fixed ``EVAL_SEED``, so the three never share
+an episode and every run, in either backend, evaluates on the same episodes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from dualmeta.episodes import RegressionTasks, check_positive
+
+__all__ = ["Experiment", "resolve", "TASKS", "SPLITS", "MAML_FAMILY", "METRIC_LEARNERS", "EVAL_SEED",
+           "VAL_SEED_OFFSET", "DEFINING", "OMNIGLOT_DRAWINGS"]
+
+TASKS = ("sinusoid", "omniglot")
+SPLITS = ("vinyals", "lake")
+MAML_FAMILY = ("maml", "fomaml", "reptile", "metasgd", "anil", "finetune")  # finetune: no training inner loop
+METRIC_LEARNERS = ("protonet", "matchingnet")
+EVAL_SEED = 2_000_000_011
+VAL_SEED_OFFSET = 1_000_003
+OMNIGLOT_DRAWINGS = 20  # examples per Omniglot class
+IMAGE_SIZE = 28
+
+_SINUSOID = dict(shots=10, queries=10, meta_batch_size=25, inner_lr=0.01, inner_steps=1, test_inner_steps=10,
+                 inner_reduction="mean", meta_lr=1e-3, steps=70_000, hidden=40)
+_OMNIGLOT_MAML = dict(ways=5, shots=1, queries=15, meta_batch_size=32, inner_lr=0.4, inner_steps=1,
+                      test_inner_steps=3, inner_reduction="sum_per_shot", meta_lr=1e-3, steps=60_000, hidden=64)
+_OMNIGLOT_METRIC = dict(ways=5, shots=1, queries=15, meta_batch_size=1, meta_lr=1e-3, steps=20_000, hidden=64)
+# Snell et al.: Adam 1e-3 halved every 2000 episodes, 60-way 5-query training episodes.
+_LEARNER_DEFAULTS = {"reptile": dict(inner_steps=5, meta_lr=1.0),
+                     "protonet": dict(train_ways=60, train_queries=5, lr_decay_every=2000)}
+# Settings that change what is trained: --resume refuses a run whose values differ from the checkpoint's.
+DEFINING = ("backend", "learner", "tasks", "split", "ways", "shots", "queries", "train_ways", "train_shots",
+            "train_queries", "meta_batch_size", "inner_steps", "inner_lr", "meta_lr", "inner_reduction",
+            "seed", "dtype", "hidden", "activation", "lr_decay_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Every resolved setting of a run (see the module docstring for the defaults)."""
+    backend: str
+    learner: str = "maml"
+    tasks: str = "sinusoid"
+    split: str | None = None
+    ways: int | None = None
+    shots: int = 10
+    queries: int = 10
+    train_ways: int | None = None
+    train_shots: int = 10
+    train_queries: int = 10
+    meta_batch_size: int = 25
+    inner_steps: int | None = 1
+    test_inner_steps: int | None = 10
+    inner_lr: float | None = 0.01
+    meta_lr: float = 1e-3
+    inner_reduction: str | None = "mean"
+    steps: int = 70_000
+    seed: int = 0
+    dtype: str = "float32"
+    hidden: int = 40
+    activation: str = "relu"
+    lr_decay_every: int | None = None
+    data_dir: str | None = None
+
+    # -- what to build ------------------------------------------------------------------------------
+    @property
+    def metric(self) -> bool:
+        return self.learner in METRIC_LEARNERS
+
+    @property
+    def classification(self) -> bool:
+        return self.tasks != "sinusoid"
+
+    def model(self) -> tuple[str, dict]:
+        """``(builder name, builder arguments)`` of the twin model."""
+        if self.tasks == "sinusoid":
+            return "mlp", dict(in_features=1, hidden=[self.hidden, self.hidden], out_features=1,
+                               activation=self.activation)
+        if self.metric:  # ProtoNet / Matching Networks embedding: max-pooling blocks, flattened map
+            return "conv4", dict(in_channels=1, hidden=self.hidden, num_classes=None, downsample="maxpool",
+                                 head="flatten", image_size=IMAGE_SIZE, activation=self.activation)
+        # The original MAML Omniglot network: stride-2 convolutions, features averaged over space.
+        return "conv4", dict(in_channels=1, hidden=self.hidden, num_classes=self.ways, downsample="stride",
+                             head="mean", image_size=IMAGE_SIZE, activation=self.activation)
+
+    def learner_args(self) -> dict[str, Any]:
+        if self.metric:
+            return dict(meta_lr=self.meta_lr, lr_decay_every=self.lr_decay_every)
+        if self.learner == "finetune":
+            return dict(inner_lr=self.inner_lr, test_inner_steps=self.test_inner_steps, meta_lr=self.meta_lr)
+        return dict(inner_lr=self.inner_lr, inner_steps=self.inner_steps, test_inner_steps=self.test_inner_steps,
+                    meta_lr=self.meta_lr, inner_reduction=self.inner_reduction)
+
+    def defining(self) -> dict[str, Any]:
+        """The settings that define the trained weights (compared on ``--resume``)."""
+        return {key: getattr(self, key) for key in DEFINING}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # -- task sets ----------------------------------------------------------------------------------
+    @property
+    def val_seed(self) -> int:
+        return self.seed + VAL_SEED_OFFSET
+
+    def train_tasks(self):
+        return self._tasks("train", self.train_ways, self.train_shots, self.train_queries, self.seed)
+
+    def val_tasks(self):
+        return self._tasks("val", self.ways, self.shots, self.queries, self.val_seed)
+
+    def eval_tasks(self):
+        return self._tasks("eval", self.ways, self.shots, self.queries, EVAL_SEED)
+
+    def _tasks(self, role: str, ways, shots, queries, seed):
+        if self.tasks == "sinusoid":
+            return RegressionTasks("sinusoid", shots=shots, queries=queries, seed=seed)
+        from dualmeta import data  # local: Pillow and the zip readers only for Omniglot
+        from dualmeta.episodes import ClassificationTasks
+
+        subset = {"vinyals": {"train": "train", "val": "val", "eval": "test"},
+                  # Lake's split has no validation alphabets: validation episodes come from the
+                  # background characters, with their own seed.
+                  "lake": {"train": "background", "val": "background", "eval": "evaluation"}}[self.split][role]
+        dataset = data.omniglot_split(self.split, subset, data_dir=self.data_dir, image_size=IMAGE_SIZE)
+        return ClassificationTasks(dataset, ways=ways, shots=shots, queries=queries, seed=seed)
+
+
+def _expected(name, value, accepted):
+    return ValueError(f"Expected one of {list(accepted)}; received {name}={value!r}")
+
+
+def resolve(backend: str, learner: str = "maml", tasks: str = "sinusoid", **given) -> Experiment:
+    """An :class:`Experiment` from the given settings; ``None`` (or leaving one out) takes the default.
+
+    Raises ``ValueError`` naming the setting and the fix for combinations that cannot run.
+    """
+    if tasks not in TASKS:
+        raise _expected("tasks", tasks, TASKS)
+    if learner not in MAML_FAMILY + METRIC_LEARNERS:
+        raise _expected("learner", learner, MAML_FAMILY + METRIC_LEARNERS)
+    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(Experiment)})
+    if unknown:
+        raise ValueError(f"Unknown settings {unknown}; expected among {[f.name for f in dataclasses.fields(Experiment)]}")
+    given = {key: value for key, value in given.items() if value is not None}
+    if tasks == "sinusoid":
+        for key in ("ways", "train_ways", "split"):
+            if key in given:
+                raise ValueError(f"--{key} is for classification tasks; sinusoid regression has no classes: "
+                                 f"drop --{key} or use --tasks=omniglot")
+        if learner in METRIC_LEARNERS or learner == "anil":
+            raise ValueError(f"--learner={learner} needs classification tasks (it "
+                             f"{'compares class embeddings' if learner != 'anil' else 'adapts a classifier head'}); "
+                             "use --tasks=omniglot or a MAML-family learner (maml, fomaml, reptile, metasgd)")
+        defaults = dict(_SINUSOID)
+    else:
+        defaults = dict(_OMNIGLOT_METRIC if learner in METRIC_LEARNERS else _OMNIGLOT_MAML)
+        defaults["split"] = "vinyals"
+    defaults.update(_LEARNER_DEFAULTS.get(learner, {}))
+    settings = {**defaults, **given}
+    for key, test_key in (("train_ways", "ways"), ("train_shots", "shots"), ("train_queries", "queries")):
+        settings.setdefault(key, settings.get(test_key))
+    if learner not in METRIC_LEARNERS and "lr_decay_every" in given:
+        raise ValueError(f"--lr_decay_every applies to the metric learners (protonet, matchingnet); drop it "
+                         f"for --learner={learner}")
+    if learner == "finetune":  # supervised training on the query sets, fine-tuning only at test time
+        for key in ("inner_steps", "inner_reduction"):
+            if key in given:
+                raise ValueError(f"--{key} does not apply to --learner=finetune (it trains without an inner "
+                                 "loop; --inner_lr and --test_inner_steps set the fine-tuning); drop it")
+        settings.update(inner_steps=0, inner_reduction="mean")
+    if learner in METRIC_LEARNERS:
+        for key in ("inner_lr", "inner_steps", "test_inner_steps", "inner_reduction"):
+            if key in given:
+                raise ValueError(f"--{key} does not apply to --learner={learner} (it has no inner loop); drop it")
+            settings[key] = None
+    experiment = Experiment(backend=backend, learner=learner, tasks=tasks, **settings)
+    _check(experiment)
+    return experiment
+
+
+def _check(e: Experiment) -> None:
+    counts = dict(shots=e.shots, queries=e.queries, train_shots=e.train_shots, train_queries=e.train_queries,
+                  meta_batch_size=e.meta_batch_size, steps=e.steps, hidden=e.hidden)
+    if e.classification:
+        counts.update(ways=e.ways, train_ways=e.train_ways)
+    check_positive(**counts)
+    if e.activation not in ("relu", "softplus"):
+        raise _expected("activation", e.activation, ("relu", "softplus"))
+    if e.seed < 0 or e.seed in (EVAL_SEED, EVAL_SEED - VAL_SEED_OFFSET):
+        raise ValueError(f"Expected a non-negative --seed other than {EVAL_SEED} and {EVAL_SEED - VAL_SEED_OFFSET} "
+                         f"(their episodes are the evaluation set); received --seed={e.seed}")
+    if not e.metric:
+        for key in ("inner_steps", "test_inner_steps"):
+            value = getattr(e, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"Expected --{key} to be a non-negative integer; received --{key}={value!r}")
+        if not e.inner_lr > 0 or not e.meta_lr > 0:
+            raise ValueError(f"Expected positive learning rates; received --inner_lr={e.inner_lr}, "
+                             f"--meta_lr={e.meta_lr}")
+        if e.inner_reduction not in ("mean", "sum_per_shot"):
+            raise _expected("inner_reduction", e.inner_reduction, ("mean", "sum_per_shot"))
+    elif not e.meta_lr > 0:
+        raise ValueError(f"Expected a positive --meta_lr; received --meta_lr={e.meta_lr}")
+    if e.classification:
+        if e.split not in SPLITS:
+            raise _expected("split", e.split, SPLITS)
+        if not e.metric and e.train_ways != e.ways:
+            raise ValueError(f"--learner={e.learner} has a classifier with --ways={e.ways} outputs, so it trains "
+                             f"with the same number of ways; received --train_ways={e.train_ways}: drop --train_ways")
+        for prefix in ("", "train_"):
+            shots, queries = getattr(e, prefix + "shots"), getattr(e, prefix + "queries")
+            if shots + queries > OMNIGLOT_DRAWINGS:
+                raise ValueError(f"--{prefix}shots + --{prefix}queries = {shots} + {queries} exceeds the "
+                                 f"{OMNIGLOT_DRAWINGS} drawings of an Omniglot character; use "
+                                 f"--{prefix}shots + --{prefix}queries <= {OMNIGLOT_DRAWINGS}")

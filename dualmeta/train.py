@@ -1,0 +1,208 @@
+"""The meta-training loop, written once for both backends (it only calls the ``Learner`` interface).
+
+Step ``s`` (1-based) trains on meta-batch ``s - 1`` of the task set, so the step alone fixes the next
+batch and a resumed run repeats an uninterrupted one exactly. Each step's metrics go to a progress line
+on stderr, ``metrics.jsonl`` and TensorBoard (tags ``train/loss``, ``train/accuracy``,
+``train/steps_per_s``, ``val/loss``, ``val/accuracy``). SIGINT and SIGTERM end the loop after the
+current step, which is then checkpointed; a second signal aborts at once (the last checkpoint survives).
+A non-finite loss stops the loop before anything is saved.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Mapping, NamedTuple, TextIO
+
+__all__ = ["Progress", "MetricsLog", "Outcome", "NonFiniteLoss", "train", "format_duration"]
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class Progress:
+    """``step 120/1000  loss 0.4123  acc 0.812  35.2 steps/s  ETA 0m25s`` on ``stream`` (stderr).
+
+    On a terminal the line is rewritten in place (``\\r``, at most 10 times a second); otherwise a line
+    is printed every ``every`` steps and at the last step.
+    """
+
+    def __init__(self, total: int, start: int = 0, stream: TextIO | None = None, every: int = 100,
+                 label: str = ""):
+        self.total, self.start, self.every, self.label = total, start, max(1, every), label
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = time.perf_counter()
+        self._last_draw = 0.0
+        self._drawn = False
+
+    def line(self, step: int, metrics: Mapping[str, float]) -> str:
+        elapsed = time.perf_counter() - self.t0
+        rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - step) / rate if rate > 0 else 0.0
+        parts = [f"{self.label}step {step}/{self.total}"]
+        parts += [f"{'acc' if name == 'accuracy' else name} {value:.4f}" for name, value in metrics.items()]
+        parts += [f"{rate:.1f} steps/s", f"ETA {format_duration(eta)}"]
+        return "  ".join(parts)
+
+    def update(self, step: int, metrics: Mapping[str, float]) -> None:
+        last = step >= self.total
+        if self.tty:
+            now = time.perf_counter()
+            if last or now - self._last_draw >= 0.1:
+                self.stream.write("\r\033[K" + self.line(step, metrics))
+                self.stream.flush()
+                self._last_draw, self._drawn = now, True
+        elif last or step % self.every == 0:
+            self.stream.write(self.line(step, metrics) + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+
+class MetricsLog:
+    """``<logdir>/metrics.jsonl``: one JSON object a line, ``{"step", "split", "loss", ...}``.
+
+    ``truncate_after(step)`` drops the lines an interrupted run wrote after the checkpoint it resumes from.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._file = open(path, "a")
+
+    def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+        self._file.write(json.dumps({"step": step, "split": split, **metrics, "time": round(time.time(), 3)}) + "\n")
+        self._file.flush()
+
+    @staticmethod
+    def truncate_after(path: str, step: int) -> None:
+        if not os.path.isfile(path):
+            return
+        kept = []
+        with open(path) as handle:
+            for line in handle:
+                try:
+                    if json.loads(line)["step"] <= step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by a kill
+        with open(path, "w") as handle:
+            handle.writelines(kept)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class NonFiniteLoss(ArithmeticError):
+    def __init__(self, step: int, loss: float, saved_step: int | None):
+        kept = (f"the last good checkpoint (step {saved_step}) is kept" if saved_step is not None
+                else "no checkpoint was written")
+        super().__init__(f"The training loss became {loss} at step {step}; stopped, {kept}. Lower --meta_lr "
+                         "or --inner_lr (or use --dtype=float64)")
+        self.step, self.loss, self.saved_step = step, loss, saved_step
+
+
+class Outcome(NamedTuple):
+    step: int  # the last completed step
+    status: str  # 'done' or the name of the signal that stopped the run ('SIGINT', 'SIGTERM')
+    saved_step: int | None  # the step of the last checkpoint written (None: none)
+    losses: list  # training loss of every step this call ran
+    seconds: float  # wall time of the training steps (validation and saving excluded)
+    times: list  # wall time of every step this call ran
+
+
+@contextlib.contextmanager
+def _stop_on_signals(flag: dict):
+    """SIGINT/SIGTERM set ``flag['signal']``; a second one raises ``KeyboardInterrupt`` at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if flag.get("signal"):
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def train(learner, tasks, meta_batch_size: int, steps: int, *, start_step: int = 0,
+          save: Callable[[int], None] | None = None, checkpoint_every: int = 0,
+          validate: Callable[[], Mapping[str, float]] | None = None, val_every: int = 0,
+          writer=None, metrics_log: MetricsLog | None = None, progress: Progress | None = None,
+          saved_step: int | None = None) -> Outcome:
+    """Runs meta-training steps ``start_step + 1 ... steps``.
+
+    Args:
+      learner: any dualmeta learner (either backend).
+      tasks: a task set; step ``s`` trains on ``tasks.batch(s - 1, meta_batch_size)``.
+      save: ``save(step)`` writes a checkpoint; called every ``checkpoint_every`` steps, at the last step
+        and when a signal stops the run.
+      validate: returns validation metrics; called every ``val_every`` steps and at the last step.
+      writer: a :class:`dualmeta.tensorboard.EventWriter` (or None); metrics_log: a :class:`MetricsLog`.
+      saved_step: the step of the checkpoint the run starts from (named if the loss becomes non-finite).
+
+    Raises:
+      NonFiniteLoss: a step gave a NaN or infinite loss (nothing is saved for that step).
+    """
+    flag: dict = {}
+    losses, times, step = [], [], start_step
+
+    def checkpoint(at: int) -> None:
+        nonlocal saved_step
+        if save is not None and saved_step != at:
+            save(at)
+            saved_step = at
+
+    with _stop_on_signals(flag):
+        while step < steps and not flag.get("signal"):
+            batch = tasks.batch(step, meta_batch_size)
+            t0 = time.perf_counter()
+            metrics = learner.meta_train_step(batch)
+            elapsed = time.perf_counter() - t0
+            step += 1
+            times.append(elapsed)
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss):
+                if progress is not None:
+                    progress.close()
+                raise NonFiniteLoss(step, loss, saved_step)
+            losses.append(loss)
+            metrics = {name: float(value) for name, value in metrics.items()}
+            if progress is not None:
+                progress.update(step, metrics)
+            if metrics_log is not None:
+                metrics_log.write(step, "train", metrics)
+            if writer is not None:
+                writer.scalars(step, {**{f"train/{k}": v for k, v in metrics.items()},
+                                      "train/steps_per_s": 1.0 / max(elapsed, 1e-9)})
+            if validate is not None and (step == steps or (val_every and step % val_every == 0)):
+                val = {name: float(value) for name, value in validate().items()}
+                if metrics_log is not None:
+                    metrics_log.write(step, "val", val)
+                if writer is not None:
+                    writer.scalars(step, {f"val/{k}": v for k, v in val.items()})
+            if step == steps or (checkpoint_every and step % checkpoint_every == 0):
+                checkpoint(step)
+        if progress is not None:
+            progress.close()
+        if flag.get("signal"):
+            checkpoint(step)
+    return Outcome(step, flag.get("signal") or "done", saved_step, losses, sum(times), times)

@@ -1,0 +1,504 @@
+"""The command line (``python -m dualmeta``): train, resume, evaluate, compare, bench and bad input.
+
+Runs the real CLI in subprocesses on tiny sinusoid settings (meta-batch 2, hidden 8, 5 shots), so the
+whole file takes one to two minutes on two busy cores. Runs that compare backends use float64.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualmeta import backend, checkpoint, cli, experiment
+from dualmeta.tolerances import tolerance
+from dualmeta.train import Progress
+from dualmeta.weights import load_weights, save_weights
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--meta_batch_size=2", "--hidden=8", "--shots=5", "--queries=5", "--val_episodes=3", "--log_every=1000"]
+STEPS = 40
+PARITY = TINY + ["--dtype=float64", f"--steps={STEPS}", "--val_every=20", "--checkpoint_every=10"]
+
+
+def run_cli(*args, cwd, timeout=180, code=None, check=None):
+    """``python -m dualmeta *args`` (or ``python -c code *args``) in ``cwd``; returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    env.pop("DUALMETA_VERBOSE", None)
+    command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "dualmeta"]
+    result = subprocess.run(command + [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if check is not None:
+        assert result.returncode == check, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result
+
+
+def start_cli(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, "-m", "dualmeta", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def assert_one_line_error(result, *fragments, code=1):
+    """A clean failure: the exit code, one 'dualmeta: error:' line on stderr naming the fix, no traceback."""
+    assert result.returncode == code, f"exit {result.returncode}; stderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("dualmeta: error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def checkpoint_step(logdir) -> int:
+    return int(load_weights(Path(logdir) / checkpoint.WEIGHTS_FILE)[1]["step"])
+
+
+def wait_for(predicate, process, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"the run ended (exit {process.returncode}) before the test could act:\n{err}")
+        time.sleep(0.005)
+    process.kill()
+    pytest.fail("timed out waiting for the run")
+
+
+def index_step(logdir) -> int:
+    try:
+        return json.loads((Path(logdir) / checkpoint.INDEX_FILE).read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The same float64 run trained to step STEPS in each backend, with a final evaluation report."""
+    root = tmp_path_factory.mktemp("trained")
+    runs = {}
+    for name in ("torch", "tf"):
+        logdir = root / name
+        run_cli("train", f"--backend={name}", f"--logdir={logdir}", f"--report={logdir}/report.json",
+                "--episodes=10", *PARITY, cwd=root, check=0)
+        runs[name] = logdir
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------------
+# train: files, parity, resume, evaluate across backends
+# ----------------------------------------------------------------------------------------------------
+
+def test_train_writes_checkpoint_tensorboard_metrics_and_report(trained):
+    logdir = trained["torch"]
+    weights, meta = load_weights(logdir / "checkpoint.safetensors")
+    assert meta["format"] == "dualmeta-checkpoint" and meta["step"] == STEPS
+    assert (meta["learner"], meta["backend"], meta["dtype"]) == ("maml", "torch", "float64")
+    assert meta["model"] == {"name": "mlp", "config": {"in_features": 1, "hidden": [8, 8], "out_features": 1,
+                                                       "activation": "relu"}}
+    assert sorted(weights) == sorted(f"layers.{i}.{k}" for i in range(3) for k in ("weight", "bias"))
+    assert all(w.dtype == np.float64 for w in weights.values())
+    states = sorted(p.name for p in logdir.glob("state-*.safetensors"))
+    assert states == [checkpoint.state_file(STEPS)]  # older states deleted
+    index = json.loads((logdir / "checkpoint.json").read_text())
+    assert index["step"] == STEPS and index["state"] == states[0] and index["flags"]["hidden"] == 8
+    state, state_meta = load_weights(logdir / states[0])
+    assert state_meta["step"] == STEPS and int(state["step"]) == STEPS and "m.layers.0.weight" in state
+    lines = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["split"] == "train"] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in lines if r["split"] == "val"] == [20, 40]
+    events = list(logdir.glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    from dualmeta.tensorboard import read_records
+    records = read_records(events[0])
+    assert b"brain.Event:2" in records[0] and b"train/loss" in records[2] and any(b"val/loss" in r for r in records)
+    report = json.loads((logdir / "report.json").read_text())
+    assert set(report) >= {"mse", "loss", "episodes", "backend", "learner"} and "accuracy" not in report
+    assert set(report["mse"]) == {"mean", "ci95"} and report["episodes"] == 10 and report["backend"] == "torch"
+
+
+def test_tf_and_torch_train_to_the_same_weights_in_float64(trained):
+    tf_weights, tf_meta = load_weights(trained["tf"] / "checkpoint.safetensors")
+    torch_weights, _ = load_weights(trained["torch"] / "checkpoint.safetensors")
+    assert tf_meta["backend"] == "tf" and sorted(tf_weights) == sorted(torch_weights)
+    tol, kind = tolerance("trajectory_loss", "float64")
+    assert kind == "rel"
+    for name, expected in torch_weights.items():
+        diff = np.max(np.abs(tf_weights[name] - expected)) / np.max(np.abs(expected))
+        assert diff <= tol, f"{name}: max|tf-torch|/max|torch| {diff:.3g} > {tol:g}"
+
+
+def test_both_backends_write_the_same_tensorboard_tags(trained):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    tags = {}
+    for name, logdir in trained.items():
+        acc = event_accumulator.EventAccumulator(str(logdir))
+        acc.Reload()
+        tags[name] = sorted(acc.Tags()["scalars"])
+        assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, STEPS + 1))
+    assert tags["tf"] == tags["torch"] == ["train/loss", "train/steps_per_s", "val/loss"]
+
+
+@pytest.mark.parametrize("trained_in, evaluated_in", [("torch", "tf"), ("tf", "torch")])
+def test_evaluate_loads_a_checkpoint_from_the_other_backend(trained, trained_in, evaluated_in, tmp_path):
+    report_path = tmp_path / "report.json"
+    result = run_cli("evaluate", f"--backend={evaluated_in}", f"--checkpoint={trained[trained_in]}",
+                     "--episodes=10", f"--report={report_path}", cwd=tmp_path, check=0)
+    assert "mse" in result.stdout
+    report = json.loads(report_path.read_text())
+    same = json.loads((trained[trained_in] / "report.json").read_text())  # evaluated in the training backend
+    assert report["backend"] == evaluated_in and report["trained_backend"] == trained_in
+    assert report["episodes"] == same["episodes"] == 10 and report["step"] == STEPS
+    np.testing.assert_allclose(report["mse"]["mean"], same["mse"]["mean"], rtol=1e-10)
+    np.testing.assert_allclose(report["mse"]["ci95"], same["mse"]["ci95"], rtol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["torch", "tf"])
+def test_resume_after_sigkill_equals_an_uninterrupted_run(trained, name, tmp_path):
+    logdir = tmp_path / "run"
+    # A long run with a checkpoint every step, killed without warning once step 3 is saved.
+    process = start_cli("train", f"--backend={name}", f"--logdir={logdir}", *PARITY, "--steps=1000000",
+                        "--checkpoint_every=1", cwd=tmp_path)
+    wait_for(lambda: index_step(logdir) >= 3, process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    killed_at = checkpoint_step(logdir)
+    assert 3 <= killed_at < STEPS, f"killed at step {killed_at}; too late for this test"
+    assert (logdir / checkpoint.state_file(killed_at)).is_file()  # the pair is complete
+    result = run_cli("train", f"--backend={name}", f"--logdir={logdir}", *PARITY, "--resume", cwd=tmp_path, check=0)
+    assert f"Resuming {logdir} from step {killed_at}" in result.stderr
+    resumed, _ = load_weights(logdir / "checkpoint.safetensors")
+    reference, _ = load_weights(trained[name] / "checkpoint.safetensors")
+    for tensor, expected in reference.items():
+        assert np.array_equal(resumed[tensor], expected), tensor
+    steps = [json.loads(line)["step"] for line in (logdir / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == list(range(1, STEPS + 1))  # the killed run's extra lines were dropped
+
+
+def test_kill_between_the_state_and_the_weights_file_resumes_from_the_previous_pair(trained, tmp_path):
+    logdir = tmp_path / "run"
+    # Die (SIGKILL) just before the weights of step 4 are written: state-4 exists, the weights are step 3.
+    code = ("import os, signal, sys\n"
+            "from dualmeta import checkpoint\n"
+            "real = checkpoint.save_weights\n"
+            "def save_weights(path, weights, metadata=None):\n"
+            "    if path.endswith('checkpoint.safetensors') and metadata['step'] == 4:\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    real(path, weights, metadata)\n"
+            "checkpoint.save_weights = save_weights\n"
+            "from dualmeta.cli import run\n"
+            "sys.argv[0] = 'dualmeta'\n"
+            "run()\n")
+    result = run_cli("train", "--backend=torch", f"--logdir={logdir}", *PARITY, "--checkpoint_every=1",
+                     cwd=tmp_path, code=code)
+    assert result.returncode == -signal.SIGKILL
+    assert checkpoint_step(logdir) == 3 and (logdir / checkpoint.state_file(3)).is_file()
+    run_cli("train", "--backend=torch", f"--logdir={logdir}", *PARITY, "--resume", cwd=tmp_path, check=0)
+    resumed, _ = load_weights(logdir / "checkpoint.safetensors")
+    reference, _ = load_weights(trained["torch"] / "checkpoint.safetensors")
+    assert all(np.array_equal(resumed[n], reference[n]) for n in reference)
+    assert sorted(p.name for p in logdir.glob("state-*")) == [checkpoint.state_file(STEPS)]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_checkpoint_and_exits(sig, code, tmp_path):
+    logdir = tmp_path / "run"
+    process = start_cli("train", "--backend=torch", f"--logdir={logdir}", *TINY, "--steps=1000000",
+                        "--checkpoint_every=0", "--val_every=0", cwd=tmp_path)
+    metrics = logdir / "metrics.jsonl"
+    wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 3, process)
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == code, err
+    assert "Traceback" not in err and f"Stopped by {sig.name} after step" in err and "--resume" in err
+    step = checkpoint_step(logdir)
+    assert f"after step {step};" in err and step >= 3
+    assert (logdir / checkpoint.state_file(step)).is_file()
+
+
+# ----------------------------------------------------------------------------------------------------
+# compare and bench
+# ----------------------------------------------------------------------------------------------------
+
+def test_compare_writes_the_report_files_and_passes(tmp_path):
+    logdir = tmp_path / "cmp"
+    result = run_cli("compare", "--steps=6", "--hidden=8", "--meta_batch_size=2", "--episodes=5",
+                     f"--logdir={logdir}", cwd=tmp_path, check=0)
+    assert "verdict: PASS" in result.stdout
+    for ext in ("json", "md", "png"):
+        assert f"wrote {logdir / f'compare.{ext}'}" in result.stdout
+    report = json.loads((logdir / "compare.json").read_text())
+    assert report["verdict"] == "pass" and report["tolerance"]["value"] == tolerance("trajectory_loss", "float64")[0]
+    assert report["config"]["dtype"] == "float64" and report["steps"] == 6
+    assert len(report["rel_loss_diff"]) == 6 and report["max_rel_loss_diff"] <= 1e-8
+    for name in ("torch", "tf"):
+        run = report["backends"][name]
+        assert len(run["losses"]) == 6 and run["s_per_step"] > 0 and set(run["evaluation"]["mse"]) == {"mean", "ci95"}
+        assert list((logdir / name).glob("events.out.tfevents.*"))
+    np.testing.assert_allclose(report["backends"]["tf"]["losses"], report["backends"]["torch"]["losses"], rtol=1e-8)
+    assert "**Verdict: PASS**" in (logdir / "compare.md").read_text()
+    assert (logdir / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_default_is_what_the_docs_claim():
+    """With no flags, compare runs sinusoid MAML in float64 for COMPARE_STEPS steps (docs/cli.md says so)."""
+    from absl.testing import flagsaver
+    with flagsaver.flagsaver():
+        cli.FLAGS.unparse_flags()
+        cli.FLAGS(["dualmeta", "compare"])
+        e = cli._experiment("compare", backend_name="torch")
+    assert (e.tasks, e.learner, e.dtype, e.steps, e.seed) == ("sinusoid", "maml", "float64", cli.COMPARE_STEPS, 0)
+    assert (e.shots, e.queries, e.meta_batch_size, e.inner_steps, e.inner_lr, e.meta_lr, e.hidden) == \
+        (10, 10, 25, 1, 0.01, 1e-3, 40)
+    docs = (REPO_ROOT / "docs" / "cli.md").read_text()
+    claim = (f"sinusoid regression with MAML (an MLP 1-40-40-1, 10 shots, 10 queries, meta-batch 25, one inner "
+             f"step of 0.01, Adam 1e-3), float64, {cli.COMPARE_STEPS} steps")
+    assert claim in " ".join(docs.split())
+
+
+@pytest.mark.parametrize("args", [
+    ["--backend=torch"] + TINY + ["--steps=3"],
+    ["--backend=torch", "--tasks=omniglot", "--learner=protonet", "--hidden=4", "--train_ways=5", "--shots=1",
+     "--train_queries=2", "--steps=2"],
+], ids=["sinusoid-maml", "omniglot-protonet"])
+def test_bench_prints_one_json_line(args, tmp_path):
+    result = run_cli("bench", "--warmup=1", *args, cwd=tmp_path, check=0)
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert {"backend", "learner", "steps", "median_s_per_step", "min_s_per_step", "max_s_per_step",
+            "episodes_per_s", "meta_batch_size", "dtype"} <= set(record)
+    assert record["min_s_per_step"] <= record["median_s_per_step"] <= record["max_s_per_step"]
+    assert record["backend"] == "torch" and record["steps"] == int(args[-1].split("=")[1])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input: one line on stderr naming the fix, a non-zero exit, no traceback, no broken checkpoint
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, fragments, code", [
+    (["train", "--shotz=3"], ["Unknown command line flag 'shotz'", "shots"], 2),
+    (["train", "--backend=tensorflw"], ["--backend=tensorflw", "tf|torch"], 2),
+    (["train", "--learner=mamll"], ["--learner=mamll", "maml"], 2),
+    (["train", "--dtype=float16"], ["float32|float64"], 2),
+    (["train", "--steps=ten"], ["--steps"], 2),
+    (["trian"], ["expected one command", "received trian"], 2),
+    ([], ["expected one command", "compare"], 2),
+    (["train", "--shots=0"], ["shots=0", "positive integer"], 1),
+    (["train", "--ways=5"], ["--ways", "--tasks=omniglot"], 1),
+    (["train", "--tasks=omniglot", "--shots=15", "--queries=10"], ["20 drawings", "--shots + --queries <= 20"], 1),
+    (["train", "--tasks=omniglot", "--train_ways=20"], ["--train_ways"], 1),
+    (["train", "--learner=protonet"], ["--tasks=omniglot"], 1),
+    (["evaluate"], ["--checkpoint="], 1),
+], ids=["unknown-flag", "bad-backend", "bad-learner", "bad-dtype", "non-integer", "bad-command", "no-command",
+        "zero-shots", "ways-for-sinusoid", "too-many-shots", "train-ways-for-maml", "protonet-on-sinusoid",
+        "evaluate-without-checkpoint"])
+def test_bad_flags_fail_with_one_line(args, fragments, code, tmp_path):
+    result = run_cli(*args, cwd=tmp_path)
+    assert_one_line_error(result, *fragments, code=code)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_omniglot_data_dir(tmp_path):
+    result = run_cli("train", "--backend=torch", "--tasks=omniglot", "--hidden=4", f"--data_dir={tmp_path / 'none'}",
+                     f"--logdir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_one_line_error(result, "--data_dir", "images_background.zip")
+    assert not (tmp_path / "run").exists()  # the folder it created is removed again
+
+
+def test_unwritable_logdir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run_cli("train", "--backend=torch", *TINY, f"--logdir={blocker}/run", cwd=tmp_path)
+    assert_one_line_error(result, "Cannot write to --logdir", "writable")
+
+
+@pytest.mark.parametrize("kind", ["random", "foreign", "missing"])
+def test_unreadable_or_foreign_checkpoint(kind, tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    if kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(2000))
+    elif kind == "foreign":
+        save_weights(path, {"layers.0.weight": np.zeros((8, 1))}, {"creator": "someone else"})
+    result = run_cli("evaluate", "--backend=torch", f"--checkpoint={path}", cwd=tmp_path)
+    fragment = {"random": "not a readable safetensors file", "foreign": "without dualmeta checkpoint metadata",
+                "missing": "No checkpoint at"}[kind]
+    assert_one_line_error(result, fragment, "dualmeta train")
+
+
+def test_checkpoint_for_another_model_shape_names_tensor_and_flags(trained, tmp_path):
+    result = run_cli("evaluate", "--backend=torch", f"--checkpoint={trained['torch']}", "--hidden=16",
+                     "--episodes=2", cwd=tmp_path)
+    assert_one_line_error(result, "'layers.0.weight'", "(8, 1)", "(16, 1)", "--hidden=8")
+
+
+def test_resume_refuses_changed_settings_and_a_missing_checkpoint(trained, tmp_path):
+    result = run_cli("train", "--backend=torch", f"--logdir={trained['torch']}", *PARITY, "--resume",
+                     "--meta_lr=0.01", "--seed=3", cwd=tmp_path)
+    assert_one_line_error(result, "--meta_lr=0.01", "--seed=3", "refuses")
+    result = run_cli("train", "--backend=torch", f"--logdir={tmp_path / 'empty'}", *TINY, "--resume", cwd=tmp_path)
+    assert_one_line_error(result, "no checkpoint", "drop --resume")
+    result = run_cli("train", "--backend=torch", f"--logdir={trained['torch']}", *PARITY, cwd=tmp_path)
+    assert_one_line_error(result, "already holds a checkpoint", "--resume")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    logdir = tmp_path / "run"
+    result = run_cli("train", "--backend=torch", f"--logdir={logdir}", *TINY, "--steps=50", "--meta_lr=1e10",
+                     "--checkpoint_every=1", cwd=tmp_path)
+    line = assert_one_line_error(result, "loss became", "at step", "--meta_lr")
+    bad_step = int(line.split("at step ")[1].split(";")[0])
+    assert checkpoint_step(logdir) == bad_step - 1
+    weights, _ = load_weights(logdir / "checkpoint.safetensors")
+    assert all(np.isfinite(w).all() for w in weights.values())
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path):
+    logdir = tmp_path / "run"
+    # fsync succeeds for the first checkpoint (3 files) and then fails as on a full disk.
+    code = ("import errno, os, sys\n"
+            "calls = [0]\n"
+            "real = os.fsync\n"
+            "def fsync(fd):\n"
+            "    calls[0] += 1\n"
+            "    if calls[0] > 3:\n"
+            "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+            "    real(fd)\n"
+            "os.fsync = fsync\n"
+            "from dualmeta.cli import run\n"
+            "sys.argv[0] = 'dualmeta'\n"
+            "run()\n")
+    result = run_cli("train", "--backend=torch", f"--logdir={logdir}", *TINY, "--steps=20", "--checkpoint_every=5",
+                     cwd=tmp_path, code=code)
+    assert_one_line_error(result, "step 10", "disk is full", "--resume")
+    assert checkpoint_step(logdir) == 5
+    assert sorted(p.name for p in logdir.iterdir() if "state" in p.name or p.name.startswith(".")) == \
+        [checkpoint.state_file(5)]  # no temporary or unpaired file left
+    run_cli("train", "--backend=torch", f"--logdir={logdir}", *TINY, "--steps=20", "--checkpoint_every=5",
+            "--resume", cwd=tmp_path, check=0)
+    assert checkpoint_step(logdir) == 20
+
+
+def test_missing_backend_names_the_extra(tmp_path):
+    code = ("import sys\n"
+            "sys.modules['torch'] = None\n"  # makes `import torch` fail as if it were not installed
+            "from dualmeta.cli import run\n"
+            "sys.argv[0] = 'dualmeta'\n"
+            "run()\n")
+    result = run_cli("bench", "--backend=torch", cwd=tmp_path, code=code)
+    assert_one_line_error(result, "pip install 'dualmeta[torch]'")
+
+
+# ----------------------------------------------------------------------------------------------------
+# In-process units: backend registry, settings, flagfiles, progress, checkpoint files
+# ----------------------------------------------------------------------------------------------------
+
+def test_backend_names_are_checked():
+    with pytest.raises(ValueError, match=r"^Expected one of \{'tf', 'torch'\}; received backend='tensorflw'$"):
+        backend.load_backend("tensorflw")
+    with pytest.raises(ValueError, match="received learner='mamll'"):
+        backend.learner_class("torch", "mamll")
+    assert set(backend.LEARNERS) == set(cli.LEARNER_NAMES)
+
+
+def test_a_registered_learner_missing_from_this_version(monkeypatch):
+    monkeypatch.setitem(backend.LEARNERS, "ghost", ("ghost", "Ghost"))
+    with pytest.raises(backend.LearnerUnavailable, match="'ghost' is not available in this version"):
+        backend.learner_class("torch", "ghost")
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "dualmeta" / "configs").glob("*.flags")), ids=lambda p: p.stem)
+def test_recipe_flagfiles_resolve(path):
+    from absl.testing import flagsaver
+    with flagsaver.flagsaver():
+        cli.FLAGS.unparse_flags()
+        assert cli.FLAGS(["dualmeta", f"--flagfile={path}", "train"]) == ["dualmeta", "train"]
+        e = cli._experiment("train", backend_name="torch")
+    assert e.tasks in path.stem and e.learner in path.stem
+    if path.stem == "omniglot_maml_5w1s":
+        assert (e.ways, e.shots, e.inner_lr, e.inner_steps, e.test_inner_steps, e.meta_batch_size) == (5, 1, 0.4, 1, 3, 32)
+    if path.stem == "omniglot_protonet_60w5s":
+        assert (e.train_ways, e.train_shots, e.ways, e.shots) == (60, 5, 5, 5)
+        assert e.model() == ("conv4", dict(in_channels=1, hidden=64, num_classes=None, downsample="maxpool",
+                                           head="flatten", image_size=28, activation="relu"))
+
+
+def test_settings_and_seeds():
+    e = experiment.resolve("torch", tasks="omniglot")
+    assert e.model()[1] == dict(in_channels=1, hidden=64, num_classes=5, downsample="stride", head="mean",
+                                image_size=28, activation="relu")
+    assert (e.train_ways, e.inner_reduction, e.split) == (5, "sum_per_shot", "vinyals")
+    p = experiment.resolve("torch", learner="protonet", tasks="omniglot")
+    assert (p.train_ways, p.train_queries, p.meta_batch_size, p.inner_lr) == (60, 5, 1, None)
+    f = experiment.resolve("torch", learner="finetune")
+    assert f.inner_steps == 0 and f.learner_args() == dict(inner_lr=0.01, test_inner_steps=10, meta_lr=1e-3)
+    with pytest.raises(ValueError, match="--inner_steps does not apply"):
+        experiment.resolve("torch", learner="finetune", inner_steps=1)
+    s = experiment.resolve("torch", seed=7)
+    assert len({s.seed, s.val_seed, experiment.EVAL_SEED}) == 3
+    a, b = s.eval_tasks().episode(3), experiment.resolve("tf", seed=9).eval_tasks().episode(3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # evaluation episodes never depend on the run
+    with pytest.raises(ValueError, match="--seed"):
+        experiment.resolve("torch", seed=experiment.EVAL_SEED)
+
+
+class _Terminal:
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_progress_rewrites_a_terminal_line_and_prints_lines_otherwise():
+    import io
+    plain = io.StringIO()
+    progress = Progress(10, stream=plain, every=5)
+    for step in range(1, 11):
+        progress.update(step, {"loss": 0.5, "accuracy": 0.25})
+    progress.close()
+    lines = plain.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("step 5/10  loss 0.5000  acc 0.2500") and "steps/s" in lines[1]
+    assert "ETA" in lines[0] and "\r" not in plain.getvalue()
+    terminal = _Terminal()
+    progress = Progress(10, stream=terminal, every=5)
+    for step in range(1, 11):
+        progress.update(step, {"loss": 0.5})
+    progress.close()
+    assert terminal.text.startswith("\r") and "step 10/10" in terminal.text and terminal.text.endswith("\n")
+
+
+def test_checkpoint_save_is_atomic_under_enospc(tmp_path, monkeypatch):
+    weights, state = {"w": np.ones(3)}, {"step": np.asarray(1), "m.w": np.zeros(3)}
+    meta = {"learner": "maml", "model": {}, "dtype": "float64", "experiment": {}}
+    checkpoint.save(str(tmp_path), 1, weights, state, meta)
+    checkpoint.save(str(tmp_path), 2, {"w": 2 * np.ones(3)}, state, meta)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "checkpoint.safetensors",
+                                                          checkpoint.state_file(2)]
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(checkpoint.CheckpointError, match="step 3 .*disk is full"):
+        checkpoint.save(str(tmp_path), 3, {"w": 3 * np.ones(3)}, state, meta)
+    monkeypatch.undo()
+    latest = checkpoint.load_latest(str(tmp_path))
+    assert latest.metadata["step"] == 2 and np.array_equal(latest.weights["w"], 2 * np.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "checkpoint.safetensors",
+                                                          checkpoint.state_file(2)]
