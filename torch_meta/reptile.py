@@ -30,9 +30,16 @@ class Reptile(MAML):
     def _meta_gradients(self, batch: Episode):
         sx, sy, qx, qy = self._tensors(batch)
         params = self.parameters()
-        with torch.enable_grad():
-            fast = self._adapt(sx, sy, self.inner_steps, create_graph=False)
-        with torch.no_grad():
-            grads = {n: p - fast[n].mean(0) for n, p in params.items()}
-            out = _batched_call(self.model, fast, qx)
-            return grads, _metrics(out, qy, _per_task_loss(out, qy))
+        tasks = sx.shape[0]
+        grads = {n: torch.zeros_like(p) for n, p in params.items()}
+        outs, losses = [], []
+        for part in self._chunks(tasks):
+            with torch.enable_grad():
+                fast = self._adapt(sx[part], sy[part], self.inner_steps, create_graph=False)
+            with torch.no_grad():
+                for n, p in params.items():
+                    grads[n] += (p - fast[n]).sum(0) / tasks
+                out = _batched_call(self.model, fast, qx[part])
+                outs.append(out)
+                losses.append(_per_task_loss(out, qy[part]))
+        return grads, _metrics(torch.cat(outs), qy, torch.cat(losses))
