@@ -25,6 +25,12 @@ does this), and otherwise batch statistics (transductive, like MAML): of the who
 ``evaluate``, ``adapt``, ``prototypes`` and ``distances``, of the images given for ``embed`` and
 ``predict``. ``meta_gradients`` leaves the running statistics alone; ``meta_train_step`` updates them.
 
+Parity note: the squared distances are invariant to a common shift of all embeddings, so with ReLU the
+last norm shift of a channel whose pooled maxima are all positive has a gradient that is zero up to
+round-off; Adam turns that round-off into learning-rate-sized steps, different in each backend. In
+float32 the two backends' runs part within tens of episodes (in that shift first, in the loss once it
+matters); float64, or a model built with ``activation='softplus'``, keeps them together.
+
 Arguments (defaults): ``model`` (a twin model, usually ``conv4(downsample='maxpool')`` without
 ``num_classes``), ``meta_lr=1e-3``, ``distance='euclidean'``, ``cosine_scale=1.0``,
 ``lr_decay_every=None`` (no decay), ``lr_decay=0.5``, ``meta_optimizer='adam'``.

@@ -25,6 +25,12 @@ does this), and otherwise batch statistics (transductive, like MAML): of the who
 ``evaluate``, ``adapt``, ``prototypes`` and ``distances``, of the images given for ``embed`` and
 ``predict``. ``meta_gradients`` leaves the running statistics alone; ``meta_train_step`` updates them.
 
+Parity note: the squared distances are invariant to a common shift of all embeddings, so with ReLU the
+last norm shift of a channel whose pooled maxima are all positive has a gradient that is zero up to
+round-off; Adam turns that round-off into learning-rate-sized steps, different in each backend. In
+float32 the two backends' runs part within tens of episodes (in that shift first, in the loss once it
+matters); float64, or a model built with ``activation='softplus'``, keeps them together.
+
 Arguments (defaults): ``model`` (a twin model, usually ``conv4(downsample='maxpool')`` without
 ``num_classes``), ``meta_lr=1e-3``, ``distance='euclidean'``, ``cosine_scale=1.0``,
 ``lr_decay_every=None`` (no decay), ``lr_decay=0.5``, ``meta_optimizer='adam'``.
@@ -160,8 +166,11 @@ class MetricLearner(Learner):
         """The encoder on NHWC images: batch statistics if ``training`` or if the model keeps no running
         statistics, else the running statistics; these are updated only if ``training and update_stats``.
 
-        A conv4 runs block by block with ``F.batch_norm`` (the formula of ``models.BatchNorm``, fused:
-        half the time of an episode); other models run their own forward.
+        A conv4 runs block by block, faster than its own forward and the same function: ``F.batch_norm``
+        (the formula of ``models.BatchNorm``, one fused kernel instead of several passes: half the time of
+        an episode), then max-pooling *before* the activation (both are monotonic, so they commute exactly,
+        values and gradients alike; the activation then touches a quarter of the elements), ReLU in place.
+        Other models run their own forward.
         """
         model = self.model
         if not hasattr(model, "blocks"):
@@ -169,6 +178,7 @@ class MetricLearner(Learner):
                 model.train()
                 return model(x)
             return functional_call(model, dict(model.named_parameters()), x, training=training)
+        cfg = model.spec.config
         x = x.permute(0, 3, 1, 2)
         for block in model.blocks:
             norm = block.norm
@@ -177,10 +187,10 @@ class MetricLearner(Learner):
             x = F.batch_norm(block.conv(x), norm.running_mean if use_buffers else None,
                              norm.running_var if use_buffers else None, norm.weight, norm.bias,
                              training=batch_stats, momentum=norm.momentum, eps=norm.eps)
-            x = F.relu(x)
-            if block.downsample == "maxpool":
+            if cfg["downsample"] == "maxpool":
                 x = F.max_pool2d(x, 2)
-        x = x.flatten(1) if model.spec.config["head"] == "flatten" else x.mean(dim=(2, 3))
+            x = F.relu_(x) if cfg["activation"] == "relu" else block.activation(x)
+        x = x.flatten(1) if cfg["head"] == "flatten" else x.mean(dim=(2, 3))
         return x if model.head is None else model.head(x)
 
     def _episode(self, episode: Episode):
