@@ -99,9 +99,11 @@ class Experiment:
         if self.tasks == "sinusoid":
             return "mlp", dict(in_features=1, hidden=[self.hidden, self.hidden], out_features=1,
                                activation=self.activation)
-        if self.metric:  # ProtoNet / Matching Networks embedding: max-pooling blocks, flattened map
+        if self.metric:  # ProtoNet / Matching Networks embedding: max-pooling blocks, flattened map; batch
+            # norm keeps running statistics and evaluation uses them, as the papers' code does
             return "conv4", dict(in_channels=1, hidden=self.hidden, num_classes=None, downsample="maxpool",
-                                 head="flatten", image_size=IMAGE_SIZE, activation=self.activation)
+                                 head="flatten", image_size=IMAGE_SIZE, activation=self.activation,
+                                 track_running_stats=True)
         # The original MAML Omniglot network: stride-2 convolutions, features averaged over space.
         return "conv4", dict(in_channels=1, hidden=self.hidden, num_classes=self.ways, downsample="stride",
                              head="mean", image_size=IMAGE_SIZE, activation=self.activation)

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import torch  # noqa: F401  (torch before tensorflow, as in conftest)
 
-torch.set_num_threads(1)
-
 from dualmeta.episodes import ClassDataset, ClassificationTasks, RegressionTasks
 from dualmeta.tolerances import compare, tolerance
 

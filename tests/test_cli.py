@@ -430,7 +430,8 @@ def test_recipe_flagfiles_resolve(path):
     if path.stem == "omniglot_protonet_60w5s":
         assert (e.train_ways, e.train_shots, e.ways, e.shots) == (60, 5, 5, 5)
         assert e.model() == ("conv4", dict(in_channels=1, hidden=64, num_classes=None, downsample="maxpool",
-                                           head="flatten", image_size=28, activation="relu"))
+                                           head="flatten", image_size=28, activation="relu",
+                                           track_running_stats=True))
 
 
 def test_settings_and_seeds():

@@ -60,13 +60,22 @@ class Optimizer:
                  kinds: Mapping[str, str] | None = None):
         if name not in OPTIMIZERS:
             raise ValueError(f"Expected one of {list(OPTIMIZERS)}; received meta_optimizer={name!r}")
-        self.params, self.name, self.lr, self.eps = dict(params), name, float(lr), ADAM_EPS
+        self.params, self.name, self.eps = dict(params), name, ADAM_EPS
+        self._lr = tf.Variable(float(lr), dtype=tf.float64, trainable=False)  # a variable: changes reach the graph
         self.kinds = dict(kinds or {})
         self.t = tf.Variable(0, dtype=tf.int64, trainable=False)
         slots = name == "adam"
         self.m = {n: tf.Variable(tf.zeros_like(p), trainable=False) for n, p in self.params.items()} if slots else {}
         self.v = {n: tf.Variable(tf.zeros_like(p), trainable=False) for n, p in self.params.items()} if slots else {}
         self._apply = tf.function(self._apply_eager)
+
+    @property
+    def lr(self) -> float:
+        return float(self._lr.numpy())
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr.assign(float(value))
 
     def apply(self, grads: Mapping[str, tf.Tensor]) -> None:
         self._apply([grads[n] for n in self.params])
@@ -75,7 +84,7 @@ class Optimizer:
         self.t.assign_add(1)
         if self.name == "sgd":
             for p, g in zip(self.params.values(), grads):
-                p.assign(p - self.lr * g)
+                p.assign(p - tf.cast(self._lr, p.dtype) * g)
             return
         b1, b2 = ADAM_BETAS
         for (n, p), g in zip(self.params.items(), grads):
@@ -83,7 +92,7 @@ class Optimizer:
             c1, c2 = 1 - tf.pow(tf.constant(b1, p.dtype), t), 1 - tf.pow(tf.constant(b2, p.dtype), t)
             m = self.m[n].assign(b1 * self.m[n] + (1 - b1) * g)
             v = self.v[n].assign(b2 * self.v[n] + (1 - b2) * g * g)
-            p.assign(p - self.lr * (m / c1) / (tf.sqrt(v / c2) + self.eps))
+            p.assign(p - tf.cast(self._lr, p.dtype) * (m / c1) / (tf.sqrt(v / c2) + self.eps))
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Neutral state: ``step`` and, for Adam, ``m.<name>``/``v.<name>`` in the neutral layout."""

@@ -59,9 +59,17 @@ class Optimizer:
     def __init__(self, params: Mapping[str, torch.Tensor], name: str = "adam", lr: float = 1e-3):
         if name not in OPTIMIZERS:
             raise ValueError(f"Expected one of {list(OPTIMIZERS)}; received meta_optimizer={name!r}")
-        self.params, self.name, self.lr, self.eps, self.t = dict(params), name, float(lr), ADAM_EPS, 0
+        self.params, self.name, self.lr, self.eps, self.t = dict(params), name, lr, ADAM_EPS, 0
         self.m = {n: torch.zeros_like(p) for n, p in self.params.items()} if name == "adam" else {}
         self.v = {n: torch.zeros_like(p) for n, p in self.params.items()} if name == "adam" else {}
+
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = float(value)
 
     @torch.no_grad()
     def apply(self, grads: Mapping[str, torch.Tensor]) -> None:

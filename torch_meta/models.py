@@ -54,18 +54,13 @@ class BatchNorm(nn.Module):
             self.register_buffer("running_var", torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or not self.track_running_stats:
-            mean = x.mean(dim=(0, 2, 3), keepdim=True)
-            var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
-            if self.training and self.track_running_stats:
-                with torch.no_grad():
-                    n = x.numel() // x.shape[1]
-                    self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.flatten())
-                    self.running_var.mul_(1 - self.momentum).add_(self.momentum * var.flatten() * n / max(n - 1, 1))
-        else:
-            mean = self.running_mean.view(1, -1, 1, 1)
-            var = self.running_var.view(1, -1, 1, 1)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        # PyTorch's fused kernel computes exactly this formula (and its second derivatives): biased batch
+        # variance for the normalisation, the unbiased one for the running variance, update-rate momentum.
+        batch_stats = self.training or not self.track_running_stats
+        running = self.training and self.track_running_stats
+        return F.batch_norm(x, self.running_mean if running or not batch_stats else None,
+                            self.running_var if running or not batch_stats else None, self.weight, self.bias,
+                            training=batch_stats, momentum=self.momentum, eps=self.eps)
 
 
 class _Weights:
