@@ -24,7 +24,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from dualmeta.weights import load_weights, save_weights
+from dualmeta.weights import atomic_write, load_weights, save_weights
 
 __all__ = ["FORMAT", "WEIGHTS_FILE", "INDEX_FILE", "CheckpointError", "Checkpoint", "state_file", "save",
            "read_weights", "load_latest", "check_writable", "atomic_write_text"]
@@ -53,19 +53,7 @@ def state_file(step: int) -> str:
 
 def atomic_write_text(path: str, text: str) -> None:
     """Writes ``text`` to ``path`` via a temporary file and a rename; the old file survives a failure."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text)
 
 
 def check_writable(logdir: str) -> None:

@@ -26,7 +26,7 @@ from typing import Mapping, NamedTuple
 import numpy as np
 
 __all__ = ["TensorSpec", "ModelSpec", "mlp_spec", "conv4_spec", "initialize", "save_weights",
-           "load_weights", "check_weights", "DTYPES", "check_dtype", "ACTIVATIONS"]
+           "load_weights", "atomic_write", "check_weights", "DTYPES", "check_dtype", "ACTIVATIONS"]
 
 DTYPES = ("float32", "float64")
 
@@ -197,14 +197,25 @@ def save_weights(path: str | os.PathLike, weights: Mapping[str, np.ndarray],
     path = os.fspath(path)
     header = {key: json.dumps(value) for key, value in (metadata or {}).items()}
     arrays = {name: np.ascontiguousarray(value).reshape(np.shape(value)) for name, value in weights.items()}  # keeps 0-d arrays 0-d
-    blob = _save(arrays, metadata=header)
+    atomic_write(path, _save(arrays, metadata=header))
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Writes ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A reader sees the old file or the new one, never a half-written one; if writing fails (disk full, no
+    permission, an interrupt), the old file is left untouched and the temporary file removed. The new file
+    gets mode 0644 (``mkstemp`` makes it 0600).
+    """
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(blob)
+            handle.write(data.encode() if isinstance(data, str) else data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
