@@ -319,8 +319,9 @@ def load_omniglot_images(data_dir: str | os.PathLike | None = None, image_size: 
         process also share one array.
 
     Raises:
-      FileNotFoundError: a zip is missing. ValueError: a zip is truncated or corrupt, does not follow the
-      Omniglot layout, holds a character without exactly 20 drawings or an image that is not 105x105.
+      FileNotFoundError: a zip is missing.
+      ValueError: a zip is truncated or corrupt, does not follow the Omniglot layout, holds a character
+        without exactly 20 drawings or an image that is not 105x105.
     """
     check_positive(image_size=image_size)
     image_size = int(image_size)

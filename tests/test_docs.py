@@ -1,0 +1,20 @@
+"""The docs site's home page is the README, with links rewritten; it must not go stale."""
+import importlib.util
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_docs_index_is_the_current_readme():
+    spec = importlib.util.spec_from_file_location("sync_readme", ROOT / "docs" / "sync_readme.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "docs" / "index.md").read_text() == module.render(), \
+        "docs/index.md is stale: run `python docs/sync_readme.py` after editing README.md"
+
+
+def test_every_docs_page_is_in_the_site_navigation():
+    nav = (ROOT / "mkdocs.yml").read_text()
+    pages = [p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").rglob("*.md")]
+    missing = [page for page in pages if page not in nav]
+    assert not missing, f"docs pages missing from mkdocs.yml nav: {missing}"
