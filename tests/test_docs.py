@@ -18,3 +18,22 @@ def test_every_docs_page_is_in_the_site_navigation():
     pages = [p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").rglob("*.md")]
     missing = [page for page in pages if page not in nav]
     assert not missing, f"docs pages missing from mkdocs.yml nav: {missing}"
+
+
+def test_readme_library_example_runs():
+    """The README's Python example is real code: run it as written."""
+    import re
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        readme = (ROOT / "README.md").read_text()
+        code = re.search(r"## Using the library\n\n```python\n(.*?)```", readme, re.S).group(1)
+        namespace = {}
+        exec(compile(code, "README.md", "exec"), namespace)
+        assert set(namespace["weights"]) == {"layers.0.weight", "layers.0.bias", "layers.1.weight",
+                                             "layers.1.bias", "layers.2.weight", "layers.2.bias"}
+    finally:
+        torch.set_num_threads(threads)
