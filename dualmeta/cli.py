@@ -47,7 +47,7 @@ flags.DEFINE_float("meta_lr", None, "Meta learning rate (default 1e-3; reptile 1
 flags.DEFINE_enum("inner_reduction", None, ["mean", "sum_per_shot"],
                   "Support-loss reduction (default: mean; omniglot MAML sum_per_shot, as the original code).")
 flags.DEFINE_integer("steps", None, "Meta-training steps (default 70000 sinusoid, 60000 omniglot MAML; "
-                     "compare 1000; bench 20 timed steps).")
+                     "compare 5000; bench 20 timed steps).")
 flags.DEFINE_integer("seed", 0, "Seed of the initial weights and of the training episodes.")
 flags.DEFINE_enum("dtype", None, ["float32", "float64"], "Floating point type (default float32; compare float64).")
 flags.DEFINE_enum("activation", "relu", ["relu", "softplus"], "Model nonlinearity. In float32 the backends' "
