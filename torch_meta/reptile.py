@@ -33,7 +33,7 @@ class Reptile(MAML):
         tasks = sx.shape[0]
         grads = {n: torch.zeros_like(p) for n, p in params.items()}
         outs, losses = [], []
-        for part in self._chunks(tasks):
+        for part in self._chunks(tasks, sx.shape[1] + qx.shape[1]):
             with torch.enable_grad():
                 fast = self._adapt(sx[part], sy[part], self.inner_steps, create_graph=False)
             with torch.no_grad():
