@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
 import sys
-import time
 
 from absl import app, flags
 
@@ -61,25 +59,15 @@ flags.DEFINE_integer("eval_seed", 2_000_000_011, "Seed of the test episodes (kee
 flags.DEFINE_string("data_dir", None, "Omniglot folder (default: dualmeta.data.default_data_dir()).")
 flags.DEFINE_string("out", None, "Metrics JSON (default omniglot_<learner>_<backend>.json).")
 flags.DEFINE_string("checkpoint", None, "Write the trained weights (safetensors, neutral format) here.")
-flags.DEFINE_integer("log_every", 100, "Print the mean training loss/accuracy every N episodes.")
+flags.DEFINE_integer("log_every", 100, "Episodes per point of the training curve / progress line.")
+flags.DEFINE_float("curve_every", 3.0, "Minutes of training between points of the 5-way 1-shot accuracy curve "
+                   "(0: none; excluded from the budget).")
+flags.DEFINE_integer("curve_episodes", 100, "Test episodes per point of the accuracy curve.")
 flags.DEFINE_integer("threads", None, "CPU threads of the backend (intra-op); default: the framework's own. "
                      "On a busy machine 1 can be much faster for small models (--hidden 8).")
 
 TEST_SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))
 TRAIN_DEFAULTS = {"protonet": (60, 5, 5), "matchingnet": (5, 1, 15)}
-
-
-def set_threads(backend: str, threads: int | None) -> None:
-    if threads is None:
-        return
-    if threads <= 0:
-        raise app.UsageError(f"Expected a positive --threads; received --threads={threads}")
-    if backend == "torch":
-        import torch
-        torch.set_num_threads(threads)
-    else:
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
 
 
 def build_learner(backend: str, learner: str):
@@ -95,40 +83,14 @@ def build_learner(backend: str, learner: str):
         model, fce=FLAGS.fce, cosine_scale=FLAGS.cosine_scale, **common)
 
 
-def train(learner, tasks, minutes: float, max_steps: int | None) -> dict:
-    start = time.perf_counter()
-    deadline = start + 60.0 * minutes
-    step, window, first_step_s = 0, [], None
-    while step == 0 or (time.perf_counter() < deadline and (max_steps is None or step < max_steps)):
-        t0 = time.perf_counter()
-        metrics = learner.meta_train_step(tasks.batch(step, 1))
-        if step == 0:
-            first_step_s = time.perf_counter() - t0
-        if not math.isfinite(metrics["loss"]):
-            raise FloatingPointError(f"Training loss is {metrics['loss']} at step {step}; lower --meta_lr")
-        window.append(metrics)
-        step += 1
-        if step % FLAGS.log_every == 0:
-            loss = sum(m["loss"] for m in window) / len(window)
-            accuracy = sum(m["accuracy"] for m in window) / len(window)
-            print(f"step {step:6d}  loss {loss:.4f}  accuracy {accuracy:.4f}  lr {learner.learning_rate():.2e}  "
-                  f"{time.perf_counter() - start:7.1f} s", flush=True)
-            window = []
-    seconds = time.perf_counter() - start
-    last = window[-1] if window else metrics
-    return {"steps": step, "seconds": round(seconds, 2), "first_step_seconds": round(first_step_s, 3),
-            "seconds_per_step": round((seconds - first_step_s) / max(step - 1, 1), 4),
-            "final_loss": last["loss"], "final_accuracy": last["accuracy"], "final_lr": learner.learning_rate()}
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS.minutes > 0:
         raise app.UsageError(f"Expected a positive --minutes; received --minutes={FLAGS.minutes}")
-    from dualmeta import data
+    from dualmeta import backend, budget, data
     from dualmeta.episodes import ClassificationTasks
-    from dualmeta.weights import save_weights
+    from dualmeta.weights import atomic_write, save_weights
 
     ways, shots, queries = TRAIN_DEFAULTS[FLAGS.learner]
     ways = FLAGS.train_ways or ways
@@ -137,7 +99,9 @@ def main(argv):
     images = data.load_omniglot_images(FLAGS.data_dir, image_size=28)
     trainval = data.omniglot_split("vinyals", "trainval", images=images)
     test = data.omniglot_split("vinyals", "test", images=images)
-    set_threads(FLAGS.backend, FLAGS.threads)
+    if FLAGS.threads is not None and FLAGS.threads <= 0:
+        raise app.UsageError(f"Expected a positive --threads; received --threads={FLAGS.threads}")
+    backend.set_threads(FLAGS.backend, FLAGS.threads or 0)
     learner = build_learner(FLAGS.backend, FLAGS.learner)
     config = {name: FLAGS[name].value for name in (
         "backend", "learner", "minutes", "max_steps", "test_queries", "episodes", "hidden", "meta_lr",
@@ -146,22 +110,21 @@ def main(argv):
                   batch_norm_at_test="running statistics" if FLAGS.running_stats else "batch statistics")
     print(f"{FLAGS.backend} {FLAGS.learner}: training on {trainval.num_classes} classes, {ways}-way {shots}-shot "
           f"{queries}-query, for {FLAGS.minutes} min", flush=True)
-    report = {"config": config}
-    report["train"] = train(learner, ClassificationTasks(trainval, ways, shots, queries, seed=FLAGS.seed),
-                            FLAGS.minutes, FLAGS.max_steps)
+    report = {"measured": budget.provenance("examples/omniglot_metric.py"), "config": config}
+    curve_tasks = ClassificationTasks(test, 5, 1, FLAGS.test_queries, seed=FLAGS.eval_seed)
+    curve = (lambda: learner.evaluate(curve_tasks.episode(i) for i in range(FLAGS.curve_episodes)))
+    try:
+        report["train"] = budget.train_for(
+            learner, ClassificationTasks(trainval, ways, shots, queries, seed=FLAGS.seed), 1, FLAGS.minutes,
+            max_steps=FLAGS.max_steps, log_every=FLAGS.log_every,
+            curve=curve if FLAGS.curve_every > 0 else None, curve_every_s=60.0 * FLAGS.curve_every)
+    except FloatingPointError as error:
+        sys.exit(f"error: {error}")
+    report["train"]["final_lr"] = learner.learning_rate()
     print(f"trained {report['train']['steps']} episodes in {report['train']['seconds']} s "
           f"({report['train']['seconds_per_step']} s/episode)", flush=True)
-
-    report["test"] = {}
-    for test_ways, test_shots in TEST_SETTINGS:
-        tasks = ClassificationTasks(test, test_ways, test_shots, FLAGS.test_queries, seed=FLAGS.eval_seed)
-        start = time.perf_counter()
-        result = learner.evaluate(tasks.episode(i) for i in range(FLAGS.episodes))
-        name = f"{test_ways}w{test_shots}s"
-        report["test"][name] = {**result, "seconds": round(time.perf_counter() - start, 2)}
-        acc = result["accuracy"]
-        print(f"{name:>6}: accuracy {100 * acc['mean']:.2f} ± {100 * acc['ci95']:.2f} % over {acc['n']} episodes",
-              flush=True)
+    report["test"] = budget.evaluate_settings(learner, test, TEST_SETTINGS, FLAGS.test_queries, FLAGS.episodes,
+                                              FLAGS.eval_seed)
 
     runs = data.lake_one_shot_runs(FLAGS.data_dir, image_size=28)
     lake = learner.evaluate(runs)
@@ -176,8 +139,7 @@ def main(argv):
                      metadata={"config": config, "steps": report["train"]["steps"]})
         report["checkpoint"] = os.path.abspath(FLAGS.checkpoint)
     out = FLAGS.out or f"omniglot_{FLAGS.learner}_{FLAGS.backend}.json"
-    with open(out, "w") as handle:
-        json.dump(report, handle, indent=2)
+    atomic_write(out, json.dumps(report, indent=2))
     print(f"metrics written to {out}")
 
 

@@ -24,7 +24,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
+from dualmeta.budget import provenance  # noqa: E402
 from dualmeta.episodes import RegressionTasks  # noqa: E402
+from dualmeta.weights import atomic_write  # noqa: E402
 
 LEARNERS = {"maml": ("maml", "MAML", {}), "fomaml": ("fomaml", "FirstOrderMAML", {}),
             "finetune": ("finetune", "FineTune", {})}
@@ -120,8 +122,9 @@ def main(argv=None):
     for r in results:
         cells = " / ".join(f"{r['mse'][k]['mean']:.3f}±{r['mse'][k]['ci95']:.3f}" for k in ("1", "5", "10"))
         print(f"{r['backend']:8} {r['learner']:9} {r['steps']:>6} {r['train_seconds']:>8.1f}  {cells}")
-    with open(os.path.join(args.out, "results.json"), "w") as handle:
-        json.dump({"command": " ".join(sys.argv), "results": results}, handle, indent=1)
+    measured = provenance("examples/sinusoid.py", sys.argv[1:] if argv is None else list(argv))
+    atomic_write(os.path.join(args.out, "results.json"),
+                 json.dumps({"measured": measured, "command": measured["command"], "results": results}, indent=1))
     plot(results, os.path.join(args.out, "adaptation.png"))
     print(f"wrote {os.path.join(args.out, 'results.json')} and {os.path.join(args.out, 'adaptation.png')}")
     return results

@@ -298,39 +298,3 @@ def test_predict_needs_the_support_state(backend):
     learner = matchingnet(backend)
     with pytest.raises(ValueError, match=r"adapt\(episode\)"):
         learner.predict(tasks().episode(0).query_x)
-
-
-# --- the Omniglot example ---------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_omniglot_example_smoke(backend, tmp_path):
-    """``examples/omniglot_metric.py`` at tiny settings: trains, evaluates the four settings and Lake's runs,
-    writes the metrics JSON and a checkpoint that loads into the model. Skipped without the Omniglot files."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from dualmeta import data
-    from dualmeta.weights import load_weights
-
-    folder = data.default_data_dir()
-    if not all((folder / name).is_file() for name in ("images_background.zip", "images_evaluation.zip",
-                                                      "all_runs.zip")):
-        pytest.skip(f"Omniglot is not in {folder}")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out, checkpoint = tmp_path / "metrics.json", tmp_path / "weights.safetensors"
-    run = subprocess.run([sys.executable, os.path.join(root, "examples", "omniglot_metric.py"), f"--backend={backend}",
-                          "--minutes=0.05", "--max_steps=3", "--episodes=2", "--hidden=8", "--threads=1",
-                          f"--out={out}", f"--checkpoint={checkpoint}"],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(out.read_text())
-    assert report["train"]["steps"] == 3 and report["config"]["train_ways"] == 60
-    assert sorted(report["test"]) == ["20w1s", "20w5s", "5w1s", "5w5s"]
-    assert all(result["accuracy"]["n"] == 2 for result in report["test"].values())
-    assert report["lake_one_shot"]["runs"] == 20 and 0 <= report["lake_one_shot"]["error_rate_percent"] <= 100
-    weights, _ = load_weights(checkpoint)
-    other = "tf" if backend == "torch" else "torch"  # the checkpoint loads into the other backend's model
-    _module(other, "models").conv4(hidden=8, downsample="maxpool", track_running_stats=True).set_weights(weights)

@@ -1,0 +1,107 @@
+"""Every script in ``examples/`` runs: each is started in a subprocess with tiny settings (seconds) and its
+outputs are checked. A new example without an entry in ``SMOKE`` fails ``test_every_example_has_a_smoke_test``.
+
+The Omniglot examples need the Omniglot files (``DUALMETA_DATA_DIR`` or ``../shared/data/omniglot``) and are
+skipped without them.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dualmeta import data
+from dualmeta.weights import load_weights
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+BACKENDS = ("tf", "torch")
+TINY = ["--minutes=0.05", "--hidden=8", "--threads=1"]
+# example file -> the tiny settings of its smoke run(s), one per backend
+SMOKE = {
+    "sinusoid.py": lambda b, out: [f"--backends={b}", "--steps=5", "--episodes=3", "--meta_batch_size=2",
+                                   f"--out={out}"],
+    "omniglot_maml.py": lambda b, out: [f"--backend={b}", *TINY, "--learner=metasgd", "--max_steps=3", "--episodes=2",
+                                        "--curve_every=0.0001", "--curve_episodes=1", "--log_every=1",
+                                        f"--out={out}/metrics.json", f"--checkpoint={out}/weights.safetensors"],
+    "omniglot_metric.py": lambda b, out: [f"--backend={b}", *TINY, "--max_steps=3", "--episodes=2",
+                                          "--curve_every=0", f"--out={out}/metrics.json",
+                                          f"--checkpoint={out}/weights.safetensors"],
+}
+
+
+def _omniglot_or_skip():
+    folder = data.default_data_dir()
+    if not all((folder / name).is_file() for name in ("images_background.zip", "images_evaluation.zip",
+                                                      "all_runs.zip")):
+        pytest.skip(f"Omniglot is not in {folder}")
+
+
+def _run(example: str, backend: str, out) -> subprocess.CompletedProcess:
+    run = subprocess.run([sys.executable, os.path.join(EXAMPLES, example), *SMOKE[example](backend, out)],
+                         capture_output=True, text=True, timeout=600, cwd=out,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert run.returncode == 0, f"{example} --backend={backend} failed:\n{run.stderr[-3000:]}"
+    return run
+
+
+def _conv4(backend: str, **kwargs):
+    return importlib.import_module(f"{backend}_meta.models").conv4(hidden=8, **kwargs)
+
+
+def test_every_example_has_a_smoke_test():
+    scripts = sorted(name for name in os.listdir(EXAMPLES) if name.endswith(".py") and not name.startswith("_"))
+    assert scripts == sorted(SMOKE), f"examples without a smoke run in tests/test_examples.py: " \
+                                     f"{sorted(set(scripts) - set(SMOKE))}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sinusoid_example(backend, tmp_path):
+    _run("sinusoid.py", backend, tmp_path)
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["measured"]["command"].startswith("python examples/sinusoid.py --backends=")
+    assert [(r["backend"], r["learner"]) for r in report["results"]] == [
+        (backend, name) for name in ("maml", "fomaml", "finetune")]
+    assert all(r["mse"][k]["n"] == 3 for r in report["results"] for k in ("1", "5", "10"))
+    assert (tmp_path / "adaptation.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_omniglot_maml_example(backend, tmp_path):
+    """Trains Meta-SGD 3 steps with an accuracy curve, evaluates 5-way 1-shot, writes a checkpoint that the
+    other backend's learner loads (learned inner rates included)."""
+    _omniglot_or_skip()
+    _run("omniglot_maml.py", backend, tmp_path)
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["measured"]["command"].startswith(f"python examples/omniglot_maml.py --backend={backend}")
+    train = report["train"]
+    assert train["steps"] == 3 and [row[0] for row in train["train_curve"]] == [1, 2, 3]
+    assert train["eval_curve"][0][0] == 0 and train["eval_curve"][-1][0] == 3
+    assert list(report["test"]) == ["5w1s"] and report["test"]["5w1s"]["accuracy"]["n"] == 2
+    weights, _ = load_weights(tmp_path / "weights.safetensors")
+    other = "tf" if backend == "torch" else "torch"
+    metasgd = importlib.import_module(f"{other}_meta.metasgd")
+    learner = metasgd.MetaSGD(_conv4(other, num_classes=5, downsample="stride", head="mean"))
+    learner.set_weights(weights)
+    assert {n for n in weights if n.startswith("inner_lrs.")}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_omniglot_metric_example(backend, tmp_path):
+    """ProtoNet: trains 3 episodes, evaluates the four settings and Lake's runs, writes the metrics JSON
+    and a checkpoint that loads into the other backend's model."""
+    _omniglot_or_skip()
+    _run("omniglot_metric.py", backend, tmp_path)
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["train"]["steps"] == 3 and report["config"]["train_ways"] == 60
+    assert report["measured"]["command"].startswith("python examples/omniglot_metric.py")
+    assert sorted(report["test"]) == ["20w1s", "20w5s", "5w1s", "5w5s"]
+    assert all(result["accuracy"]["n"] == 2 for result in report["test"].values())
+    assert report["lake_one_shot"]["runs"] == 20 and 0 <= report["lake_one_shot"]["error_rate_percent"] <= 100
+    weights, _ = load_weights(tmp_path / "weights.safetensors")
+    other = "tf" if backend == "torch" else "torch"
+    _conv4(other, downsample="maxpool", track_running_stats=True).set_weights(weights)
