@@ -1,18 +1,57 @@
-"""Benchmark: MAML meta-training steps in both backends against a plain PyTorch reference loop.
+"""Benchmark: MAML-family meta-training steps in both backends against plain PyTorch references.
 
-The reference is what a careful PyTorch user writes (and what learn2learn does, within ~7% here): a
-per-task loop with ``torch.func.functional_call`` and ``autograd.grad(create_graph=True)`` on an
-``nn.Sequential`` conv4 with ``nn.BatchNorm2d``, and ``torch.optim.Adam``. Everything is timed in one
-run, interleaved, so the printed ratios compare like with like.
+For every learner (``maml``, ``fomaml``, ``metasgd``, ``anil``, ``reptile``, ``finetune``) three runners do
+one meta-step on the same synthetic meta-batch (conv4 with stride-2 convolutions, batch norm on batch
+statistics, mean-pooled head; 28x28x1 images; 5-way 1-shot 15-query, 32 tasks by default):
 
-    python benchmarks/bench_maml.py                    # conv4, 5-way 1-shot 15-query, 32 tasks, 1 step
-    python benchmarks/bench_maml.py --first_order --steps 10
+* ``reference``: the algorithm as a careful PyTorch user (or learn2learn) writes it, independent of
+  dualmeta: an ``nn.Sequential`` conv4 (``Conv2d(stride=2, padding=1, bias=False)``,
+  ``BatchNorm2d(track_running_stats=False)``, ``ReLU``; ``AdaptiveAvgPool2d``, ``Linear``), a loop over
+  tasks, the inner loop with ``torch.func.functional_call`` and ``torch.autograd.grad``, and
+  ``torch.optim``. Per learner:
+
+  - ``maml``: inner SGD on all weights with ``create_graph=True``; the query loss / tasks is
+    back-propagated per task into ``.grad``; ``Adam(lr=1e-3)``;
+  - ``fomaml``: the same with ``create_graph=False`` (the meta-gradient is the query gradient at phi);
+  - ``metasgd``: MAML whose inner step is ``w - a * g`` with a learned rate tensor ``a`` per weight
+    (an ``nn.ParameterList`` initialised to ``inner_lr``), updated by the same Adam as the weights;
+  - ``anil``: the body's features of the support and of the query set are computed once per task
+    (two calls, so that batch norm sees each set alone, as in dualmeta), with their graph kept; only the
+    ``Linear`` head is adapted (second order); the outer step updates body and head;
+  - ``reptile``: ``inner_steps`` (default 5) of SGD from detached copies of the weights, no
+    ``create_graph``; ``.grad = theta - mean_tasks(phi)`` and ``SGD(lr=1.0)``; the query loss at phi is
+    computed without gradients for the report, as dualmeta's Reptile does;
+  - ``finetune``: no inner loop: a supervised step on each task's query set at theta (batch norm per
+    task, as dualmeta's ``FineTune`` with ``inner_steps=0``), loss / tasks, ``Adam(lr=1e-3)``;
+
+* ``torch``: ``torch_meta.<module>.<Class>(model, **kwargs).meta_train_step``;
+* ``tf``: ``tf_meta.<module>.<Class>(model, **kwargs).meta_train_step`` (compiled; tracing happens in
+  the warm-up).
+
+The reference and dualmeta learner get the same keyword arguments (``LEARNERS`` below), so the inner
+steps, rates, reduction (mean cross-entropy) and meta-batch are the same on both sides. All runners are
+built in one process, warmed up (``--warmup`` untimed steps each), then timed interleaved: each of the
+``--steps`` rounds runs every (learner, runner) once, so that drift in machine load hits them alike.
+Reported: the median seconds per meta-step and the ratio backend / reference (below 1: faster).
+
+    python benchmarks/bench_maml.py                                  # all learners, 10 timed steps each
+    python benchmarks/bench_maml.py --learners=maml,anil --steps=20 --threads=2
+    python benchmarks/bench_maml.py --steps=20 --out results/bench/maml_family.json
+    python benchmarks/bench_maml.py --learners=maml,anil --steps=1 --warmup=1 --tasks=2 --hidden=8 \\
+        --queries=1 --threads=1                                      # smoke test, a few seconds
+
+One JSON line per (learner, runner) goes to stdout; ``--out`` writes the table as one JSON file.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
+import importlib.metadata
 import json
 import os
+import platform
+import shlex
 import statistics
 import sys
 import time
@@ -22,9 +61,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402  (torch before tensorflow)
+import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.func import functional_call  # noqa: E402
 
 from dualmeta.episodes import Episode  # noqa: E402
+from dualmeta.weights import atomic_write  # noqa: E402
+
+BACKENDS = ("reference", "torch", "tf")
 
 
 def synthetic_batch(tasks, ways, shots, queries, size=28, seed=0) -> Episode:
@@ -35,77 +79,291 @@ def synthetic_batch(tasks, ways, shots, queries, size=28, seed=0) -> Episode:
                    np.tile(np.repeat(np.arange(ways), queries), (tasks, 1)).astype(np.int64))
 
 
-class Reference:
-    """Plain PyTorch MAML: per-task loop, functional_call, autograd.grad, torch.optim.Adam."""
+# -- plain PyTorch references (no dualmeta code) ----------------------------------------------------------
+def reference_conv4(ways: int, hidden: int) -> nn.Sequential:
+    """conv4: 4 x (3x3 stride-2 conv, batch norm on batch statistics, ReLU), mean pooling, linear head."""
+    layers, channels = [], 1
+    for _ in range(4):
+        layers += [nn.Conv2d(channels, hidden, 3, stride=2, padding=1, bias=False),
+                   nn.BatchNorm2d(hidden, track_running_stats=False), nn.ReLU()]
+        channels = hidden
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(hidden, ways))
 
-    def __init__(self, ways, hidden=64, inner_lr=0.4, first_order=False):
-        layers = []
-        channels = 1
-        for _ in range(4):
-            layers += [nn.Conv2d(channels, hidden, 3, stride=2, padding=1), nn.BatchNorm2d(hidden, track_running_stats=False),
-                       nn.ReLU()]
-            channels = hidden
-        self.model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(hidden, ways))
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
-        self.inner_lr, self.first_order = inner_lr, first_order
 
-    def step(self, batch: Episode):
-        sx, sy, qx, qy = (torch.as_tensor(a) for a in batch)
-        sx, qx = sx.permute(0, 1, 4, 2, 3), qx.permute(0, 1, 4, 2, 3)
+def nchw(batch: Episode) -> tuple[torch.Tensor, ...]:
+    sx, sy, qx, qy = (torch.as_tensor(a) for a in batch)
+    return sx.permute(0, 1, 4, 2, 3), sy, qx.permute(0, 1, 4, 2, 3), qy
+
+
+class MAMLReference:
+    """MAML: per-task loop, functional_call, autograd.grad(create_graph=True), torch.optim.Adam."""
+
+    first_order = False
+
+    def __init__(self, ways: int, hidden: int, inner_lr: float = 0.4, inner_steps: int = 1):
+        self.model = reference_conv4(ways, hidden)
+        self.inner_lr, self.inner_steps = inner_lr, inner_steps
+        self.opt = self.make_optimizer()
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.parameters(), lr=1e-3)
+
+    def inner_rates(self, names) -> dict:
+        return {n: self.inner_lr for n in names}
+
+    def adapt(self, module: nn.Module, fast: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """``inner_steps`` of SGD on ``module``'s weights ``fast`` (a dict by name) on ``(x, y)``."""
+        rates = self.inner_rates(fast)
+        for _ in range(self.inner_steps):
+            loss = F.cross_entropy(functional_call(module, fast, (x,)), y)
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not self.first_order)
+            fast = {n: w - rates[n] * g for (n, w), g in zip(fast.items(), grads)}
+        return fast
+
+    def step(self, batch: Episode) -> float:
+        sx, sy, qx, qy = nchw(batch)
+        tasks, total = len(sx), 0.0
         self.opt.zero_grad()
         params = dict(self.model.named_parameters())
-        for t in range(sx.shape[0]):
-            loss = nn.functional.cross_entropy(torch.func.functional_call(self.model, params, sx[t]), sy[t])
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=not self.first_order)
-            fast = {n: p - self.inner_lr * g for (n, p), g in zip(params.items(), grads)}
-            query = nn.functional.cross_entropy(torch.func.functional_call(self.model, fast, qx[t]), qy[t])
-            (query / sx.shape[0]).backward()
+        for t in range(tasks):
+            fast = self.adapt(self.model, params, sx[t], sy[t])
+            loss = F.cross_entropy(functional_call(self.model, fast, (qx[t],)), qy[t])
+            (loss / tasks).backward()
+            total += float(loss.detach())
         self.opt.step()
+        return total / tasks
 
 
-def main():
+class FirstOrderMAMLReference(MAMLReference):
+    """First-order MAML: the inner gradients are constants (``create_graph=False``)."""
+
+    first_order = True
+
+
+class MetaSGDReference(MAMLReference):
+    """Meta-SGD: MAML with a learned inner rate per weight entry, trained by the same Adam."""
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        self.rates = nn.ParameterList(nn.Parameter(torch.full_like(p, self.inner_lr))
+                                      for p in self.model.parameters())
+        return torch.optim.Adam([*self.model.parameters(), *self.rates], lr=1e-3)
+
+    def inner_rates(self, names) -> dict:
+        by_name = dict(zip((n for n, _ in self.model.named_parameters()), self.rates))
+        return {n: by_name[n] for n in names}
+
+
+class ANILReference(MAMLReference):
+    """ANIL: features once per task (support, query), only the linear head adapted, second order."""
+
+    def __init__(self, ways: int, hidden: int, inner_lr: float = 0.4, inner_steps: int = 1):
+        super().__init__(ways, hidden, inner_lr, inner_steps)
+        self.body, self.head = self.model[:-1], self.model[-1]
+
+    def step(self, batch: Episode) -> float:
+        sx, sy, qx, qy = nchw(batch)
+        tasks, total = len(sx), 0.0
+        self.opt.zero_grad()
+        head = dict(self.head.named_parameters())
+        for t in range(tasks):
+            support, query = self.body(sx[t]), self.body(qx[t])  # graph kept: the outer step trains the body
+            fast = self.adapt(self.head, head, support, sy[t])
+            loss = F.cross_entropy(functional_call(self.head, fast, (query,)), qy[t])
+            (loss / tasks).backward()
+            total += float(loss.detach())
+        self.opt.step()
+        return total / tasks
+
+
+class ReptileReference(MAMLReference):
+    """Reptile: SGD from a detached copy per task, ``.grad = theta - mean(phi)``, ``torch.optim.SGD(lr=1)``."""
+
+    first_order = True
+
+    def __init__(self, ways: int, hidden: int, inner_lr: float = 0.4, inner_steps: int = 5):
+        super().__init__(ways, hidden, inner_lr, inner_steps)
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.model.parameters(), lr=1.0)
+
+    def step(self, batch: Episode) -> float:
+        sx, sy, qx, qy = nchw(batch)
+        tasks, total = len(sx), 0.0
+        params = dict(self.model.named_parameters())
+        deltas = {n: torch.zeros_like(p) for n, p in params.items()}
+        for t in range(tasks):
+            fast = self.adapt(self.model, {n: p.detach().requires_grad_() for n, p in params.items()},
+                              sx[t], sy[t])
+            with torch.no_grad():
+                for n, p in params.items():
+                    deltas[n] += (p - fast[n]) / tasks
+                total += float(F.cross_entropy(functional_call(self.model, fast, (qx[t],)), qy[t]))
+        for n, p in params.items():
+            p.grad = deltas[n]
+        self.opt.step()
+        return total / tasks
+
+
+class FineTuneReference(MAMLReference):
+    """Fine-tuning baseline's training step: supervised on each task's query set, no inner loop."""
+
+    def step(self, batch: Episode) -> float:
+        _, _, qx, qy = nchw(batch)
+        tasks, total = len(qx), 0.0
+        self.opt.zero_grad()
+        for t in range(tasks):
+            loss = F.cross_entropy(self.model(qx[t]), qy[t])
+            (loss / tasks).backward()
+            total += float(loss.detach())
+        self.opt.step()
+        return total / tasks
+
+
+# -- the table: learner -> reference, dualmeta class, shared arguments ------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    reference: type
+    learner: str  # "<module>.<Class>" in torch_meta / tf_meta
+    kwargs: dict  # passed to both the reference and the dualmeta learner
+    inner_steps: int | None  # the learner's default; None: no inner loop in training
+
+
+LEARNERS = {
+    "maml": Variant(MAMLReference, "maml.MAML", {"inner_lr": 0.4}, 1),
+    "fomaml": Variant(FirstOrderMAMLReference, "fomaml.FirstOrderMAML", {"inner_lr": 0.4}, 1),
+    "metasgd": Variant(MetaSGDReference, "metasgd.MetaSGD", {"inner_lr": 0.4}, 1),
+    "anil": Variant(ANILReference, "anil.ANIL", {"inner_lr": 0.4}, 1),
+    "reptile": Variant(ReptileReference, "reptile.Reptile", {"inner_lr": 0.4}, 5),
+    "finetune": Variant(FineTuneReference, "finetune.FineTune", {}, None),
+}
+
+
+def variant_kwargs(variant: Variant, inner_steps: int | None) -> dict:
+    if variant.inner_steps is None:
+        return dict(variant.kwargs)
+    return {**variant.kwargs, "inner_steps": variant.inner_steps if inner_steps is None else inner_steps}
+
+
+def make_runner(learner: str, backend: str, args):
+    variant = LEARNERS[learner]
+    kwargs = variant_kwargs(variant, args.inner_steps)
+    if backend == "reference":
+        return variant.reference(args.ways, args.hidden, **kwargs).step
+    models = __import__(f"{backend}_meta.models", fromlist=["conv4"])
+    module_name, class_name = variant.learner.split(".")
+    module = __import__(f"{backend}_meta.{module_name}", fromlist=[class_name])
+    model = models.conv4(num_classes=args.ways, hidden=args.hidden, downsample="stride", head="mean")
+    return getattr(module, class_name)(model, **kwargs).meta_train_step
+
+
+def setting(args, learner: str) -> str:
+    kwargs = variant_kwargs(LEARNERS[learner], args.inner_steps)
+    steps = kwargs.get("inner_steps")
+    inner = "no inner loop" if steps is None else f"{steps} inner step{'' if steps == 1 else 's'}"
+    return f"{args.ways}-way {args.shots}-shot {args.queries}-query, {args.tasks} tasks, {inner}"
+
+
+def machine() -> dict:
+    def version(package):
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "tensorflow": version("tensorflow"), "platform": platform.platform()}
+
+
+def measured(script: str) -> dict:
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "command": f"python benchmarks/{script} {shlex.join(sys.argv[1:])}".rstrip()}
+
+
+def names(value: str, accepted, flag: str, parser) -> list[str]:
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    wrong = [v for v in chosen if v not in accepted]
+    if wrong or not chosen:
+        parser.error(f"Expected a comma-separated subset of {list(accepted)}; received {flag}={value!r}")
+    return chosen
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--learners", default=",".join(LEARNERS), help="comma-separated: " + ", ".join(LEARNERS))
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated: " + ", ".join(BACKENDS))
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (rounds) per variant")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (and TF tracing)")
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--ways", type=int, default=5)
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--queries", type=int, default=15)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--first_order", action="store_true")
-    parser.add_argument("--backends", default="reference,torch,tf")
-    args = parser.parse_args()
+    parser.add_argument("--inner_steps", type=int, default=None,
+                        help="inner steps of every learner with an inner loop (default: each learner's own, "
+                             "1; reptile 5)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads and TF intra-op threads (default: the frameworks' own)")
+    parser.add_argument("--out", default=None, help="write the table as JSON to this path")
+    args = parser.parse_args(argv)
+    learners = names(args.learners, LEARNERS, "--learners", parser)
+    backends = names(args.backends, BACKENDS, "--backends", parser)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error(f"Expected --steps >= 1 and --warmup >= 0; received --steps={args.steps}, "
+                     f"--warmup={args.warmup}")
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        if "tf" in backends:
+            import tensorflow as tf  # before any TF op runs, or the setting is refused
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
     batch = synthetic_batch(args.tasks, args.ways, args.shots, args.queries)
-    runners = {}
-    for name in args.backends.split(","):
-        if name == "reference":
-            runners[name] = Reference(args.ways, args.hidden, first_order=args.first_order).step
-        else:
-            models = __import__(f"{name}_meta.models", fromlist=["x"])
-            maml = __import__(f"{name}_meta.maml", fromlist=["x"])
-            model = models.conv4(num_classes=args.ways, hidden=args.hidden, downsample="stride", head="mean")
-            runners[name] = maml.MAML(model, inner_lr=0.4, first_order=args.first_order).meta_train_step
-    times = {name: [] for name in runners}
-    for name, run in runners.items():
+    runners = {(learner, backend): make_runner(learner, backend, args)
+               for learner in learners for backend in backends}
+    times = {key: [] for key in runners}
+    for (learner, backend), run in runners.items():
         start = time.perf_counter()
         for _ in range(args.warmup):
             run(batch)
-        print(f"# {name}: warm-up {args.warmup} steps (incl. tracing) {time.perf_counter() - start:.1f}s", file=sys.stderr)
+        print(f"# {learner}/{backend}: warm-up {args.warmup} steps (incl. tracing) "
+              f"{time.perf_counter() - start:.1f}s", file=sys.stderr)
     for _ in range(args.steps):  # interleaved, so drift in machine load hits every variant alike
-        for name, run in runners.items():
+        for key, run in runners.items():
             start = time.perf_counter()
             run(batch)
-            times[name].append(time.perf_counter() - start)
-    ref = statistics.median(times["reference"]) if "reference" in times else None
-    for name, samples in times.items():
-        median = statistics.median(samples)
-        print(json.dumps({"backend": name, "learner": "fomaml" if args.first_order else "maml",
-                          "steps": args.steps, "median_s_per_step": round(median, 4),
-                          "min_s_per_step": round(min(samples), 4), "max_s_per_step": round(max(samples), 4),
-                          "episodes_per_s": round(args.tasks / median, 1),
-                          "ratio_to_reference": None if ref is None else round(median / ref, 3),
-                          "config": {k: v for k, v in vars(args).items() if k not in ("backends",)}}))
+            times[key].append(time.perf_counter() - start)
+    load_after = os.getloadavg()[0]
+
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    config.update(model="conv4 stride-2, batch norm on batch statistics, mean head, 28x28x1 images",
+                  torch_threads=torch.get_num_threads())
+    medians = {key: statistics.median(samples) for key, samples in times.items()}
+    rows = []
+    for learner in learners:
+        ref = medians.get((learner, "reference"))
+        for backend in backends:
+            samples, median = times[(learner, backend)], medians[(learner, backend)]
+            print(json.dumps({"backend": backend, "learner": learner, "steps": args.steps,
+                              "median_s_per_step": round(median, 4), "min_s_per_step": round(min(samples), 4),
+                              "max_s_per_step": round(max(samples), 4),
+                              "episodes_per_s": round(args.tasks / median, 1),
+                              "ratio_to_reference": None if ref is None else round(median / ref, 3),
+                              "setting": setting(args, learner), "config": config}))
+        row = {"learner": learner, "setting": setting(args, learner), "reference_s": None, "torch_s": None,
+               "tf_s": None, "torch_ratio": None, "tf_ratio": None, "steps": args.steps}
+        for backend in backends:
+            row[f"{backend}_s"] = round(medians[(learner, backend)], 4)
+            if backend != "reference" and ref is not None:
+                row[f"{backend}_ratio"] = round(medians[(learner, backend)] / ref, 3)
+        rows.append(row)
+    if args.out:
+        info = machine()
+        info["load_average_1min"] = {"before": round(load_before, 2), "after": round(load_after, 2)}
+        report = {"measured": measured("bench_maml.py"), "machine": info, "config": config, "rows": rows}
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        atomic_write(args.out, json.dumps(report, indent=2) + "\n")
+        print(f"# wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,22 @@ them alike; the figure is the median over the timed episodes, and the ratio is b
 ratios from one run, not absolute times across runs.
 
     python benchmarks/bench_protonet.py [--data_dir DIR | --synthetic] [--rounds 3] [--steps 5]
-        [--backends tf,torch] [--torch_threads N] [--profile]
+        [--backends tf,torch] [--torch_threads N] [--profile] [--out PATH]
+    python benchmarks/bench_protonet.py --out results/bench/protonet.json
 
-``--profile`` prints the torch profiler's top operators for the reference and the torch backend.
+``--out`` writes the result as JSON (``measured``, ``machine``, ``config`` and ``rows`` with one row: the
+schema of ``bench_maml.py --out``). ``--profile`` prints the torch profiler's top operators for the
+reference and the torch backend.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.metadata
+import json
 import os
+import platform
+import shlex
 import statistics
 import sys
 import time
@@ -38,6 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dualmeta.episodes import ClassDataset, ClassificationTasks  # noqa: E402
+from dualmeta.weights import atomic_write  # noqa: E402
 
 
 def episodes_source(args) -> ClassificationTasks:
@@ -89,6 +98,22 @@ def make_runner(name: str, hidden: int, args):
     return lambda episode: learner.meta_train_step(episode)["loss"]
 
 
+def machine() -> dict:
+    def version(package):
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "tensorflow": version("tensorflow"), "platform": platform.platform()}
+
+
+def measured(argv) -> dict:
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "command": f"python benchmarks/bench_protonet.py {shlex.join(argv)}".rstrip()}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=None, help="Omniglot folder (default: dualmeta.data.default_data_dir())")
@@ -104,7 +129,9 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", action="store_true", help="torch profiler tables (reference, torch)")
     parser.add_argument("--torch_threads", type=int, default=None,
                         help="torch.set_num_threads for the reference and the torch backend (default: torch's)")
+    parser.add_argument("--out", default=None, help="write the result as JSON to this path")
     args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     if args.torch_threads is not None:
         torch.set_num_threads(args.torch_threads)
 
@@ -112,6 +139,7 @@ def main(argv=None) -> None:
     for backend in backends:
         if backend not in ("tf", "torch"):
             raise SystemExit(f"Expected backends among {{'tf', 'torch'}}; received --backends={args.backends!r}")
+    load_before = os.getloadavg()[0]
     tasks = episodes_source(args)
     names = ["reference"] + backends
     runners = {name: make_runner(name, args.hidden, args) for name in names}
@@ -141,7 +169,24 @@ def main(argv=None) -> None:
         median = statistics.median(times[name])
         print(f"{name:>10}  {median:9.3f}  {min(times[name]):6.3f}  {max(times[name]):6.3f}  "
               f"{median / reference:5.2f}x")
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    load_after = os.getloadavg()[0]
+    print(f"load average after: {load_after:.2f}")
+    if args.out:
+        row = {"learner": "protonet", "setting": f"{args.ways}-way {args.shots}-shot {args.queries}-query episode",
+               "reference_s": round(reference, 4), "torch_s": None, "tf_s": None, "torch_ratio": None,
+               "tf_ratio": None, "steps": args.rounds * args.steps}
+        for name in backends:
+            median = statistics.median(times[name])
+            row[f"{name}_s"], row[f"{name}_ratio"] = round(median, 4), round(median / reference, 3)
+        config = {k: v for k, v in vars(args).items() if k not in ("out", "profile")}
+        config.update(model=f"conv4 max-pool, hidden {args.hidden}, batch norm with running statistics, 28x28x1",
+                      torch_threads=torch.get_num_threads())
+        info = machine()
+        info["load_average_1min"] = {"before": round(load_before, 2), "after": round(load_after, 2)}
+        report = {"measured": measured(argv), "machine": info, "config": config, "rows": [row]}
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        atomic_write(args.out, json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
 
     if args.profile:
         for name in [n for n in ("reference", "torch") if n in names]:
