@@ -17,7 +17,10 @@ Helpers for other parity tests (importable as ``from parity_tests.conftest impor
 """
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import shlex
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -165,10 +168,41 @@ def make_twins():
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """With ``-v`` (or ``DUALMETA_PARITY_REPORT=1``): the largest tf-torch difference per quantity and dtype."""
-    if not MEASURED or not (config.option.verbose > 0 or os.environ.get("DUALMETA_PARITY_REPORT") == "1"):
+    """The largest tf-torch difference per quantity and dtype, printed and/or written as JSON.
+
+    Printed with ``-v`` or ``DUALMETA_PARITY_REPORT=1``. With ``DUALMETA_PARITY_REPORT=<path>.json`` the same
+    table is written to that file (atomically), with the date, the command and the framework versions, for
+    ``docs/collect_results.py`` to publish::
+
+        DUALMETA_PARITY_REPORT=results/parity.json python -m pytest parity_tests -q
+    """
+    report = os.environ.get("DUALMETA_PARITY_REPORT", "")
+    if report not in ("", "1") and not report.endswith(".json"):
+        terminalreporter.write_line(f"DUALMETA_PARITY_REPORT: expected '1' or a path ending in .json; "
+                                    f"received {report!r} (nothing written)", red=True)
+    if not MEASURED:
         return
-    terminalreporter.section("largest tf-torch differences (vs docs/tolerances.md)")
-    for (quantity, dtype, kind), error in sorted(MEASURED.items()):
-        tol = tolerance(quantity, dtype)
-        terminalreporter.write_line(f"{quantity:20s} {dtype:8s} {kind}  {error:.2e}  (tolerance {tol.value:.0e})")
+    if config.option.verbose > 0 or report == "1":
+        terminalreporter.section("largest tf-torch differences (vs docs/tolerances.md)")
+        for (quantity, dtype, kind), error in sorted(MEASURED.items()):
+            tol = tolerance(quantity, dtype)
+            terminalreporter.write_line(f"{quantity:20s} {dtype:8s} {kind}  {error:.2e}  (tolerance {tol.value:.0e})")
+    if report.endswith(".json"):
+        _write_parity_report(report, exitstatus, config.invocation_params.args)
+        terminalreporter.write_line(f"parity report written to {report}")
+
+
+def _write_parity_report(path: str, exitstatus: int, args) -> None:
+    """Writes :data:`MEASURED` with each tolerance, the date, the command and the versions to ``path``."""
+    date = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    command = " ".join([f"DUALMETA_PARITY_REPORT={shlex.quote(path)}", "python -m pytest"]
+                       + [shlex.quote(str(arg)) for arg in args])
+    rows = [{"quantity": quantity, "dtype": dtype, "kind": kind, "largest": error,
+             "tolerance": tolerance(quantity, dtype).value}
+            for (quantity, dtype, kind), error in sorted(MEASURED.items())]
+    report = {"measured": {"date": date, "command": command}, "torch": torch.__version__,
+              "tensorflow": tf.__version__, "pytest_exit_status": int(exitstatus), "rows": rows}
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    neutral.atomic_write(path, json.dumps(report, indent=2) + "\n")

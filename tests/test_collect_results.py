@@ -1,0 +1,200 @@
+"""docs/collect_results.py: results pages built from small synthetic metrics files, and its --check."""
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NEW_COMMAND = "python examples/omniglot_maml.py --backend=torch --minutes=2 --out=results/omniglot/maml_torch.json"
+OLD_COMMAND = ("python examples/omniglot_metric.py --backend=torch --learner=protonet --minutes=30 "
+               "--out=results/omniglot/protonet_torch_30min.json")
+
+
+def load_collector():
+    spec = importlib.util.spec_from_file_location("collect_results", ROOT / "docs" / "collect_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+collect = load_collector()
+
+
+def stat(mean, ci95, n):
+    return {"mean": mean, "ci95": ci95, "n": n}
+
+
+def maml_file(backend, accuracy):
+    """A file as examples/omniglot_maml.py writes it (with "measured" and curves)."""
+    return {
+        "measured": {"date": "2026-11-20T10:11:12+00:00", "command": NEW_COMMAND.replace("torch", backend)},
+        "config": {"backend": backend, "learner": "maml", "ways": 5, "shots": 1, "train_queries": 1,
+                   "meta_batch_size": 32, "minutes": 2.0, "episodes": 600},
+        "train": {"steps": 321, "seconds": 120.4, "seconds_per_step": 0.375, "first_step_seconds": 1.2,
+                  "train_curve": [[10, 4.0, 1.6, 0.2], [20, 8.1, 1.1, 0.5], [30, 12.0, 0.7, 0.8]],
+                  "eval_curve": [[0, 0.0, {"accuracy": stat(0.2, 0.02, 100), "loss": stat(1.6, 0.1, 100)}],
+                                 [30, 12.0, {"accuracy": stat(0.9, 0.02, 100), "loss": stat(0.3, 0.1, 100)}]]},
+        "test": {"5w1s": {"accuracy": stat(accuracy, 0.004, 600), "loss": stat(0.1, 0.01, 600), "seconds": 3.0}},
+    }
+
+
+def old_protonet_file():
+    """A file as the first examples/omniglot_metric.py wrote it: no "measured", no curves."""
+    return {
+        "config": {"backend": "torch", "learner": "protonet", "minutes": 30.0, "max_steps": None,
+                   "test_queries": 15, "episodes": 600, "hidden": 64, "meta_lr": 0.001, "distance": "euclidean",
+                   "cosine_scale": 1.0, "fce": False, "running_stats": True, "dtype": "float32", "seed": 0,
+                   "eval_seed": 2000000011, "threads": None, "train_ways": 60, "train_shots": 5,
+                   "train_queries": 5, "lr_decay_every": 2000, "batch_norm_at_test": "running statistics"},
+        "train": {"steps": 5298, "seconds": 1800.2, "first_step_seconds": 0.37, "seconds_per_step": 0.3398},
+        "test": {name: {"accuracy": stat(acc, 0.003, 600), "loss": stat(0.1, 0.01, 600), "seconds": 5.0}
+                 for name, acc in (("5w1s", 0.9787), ("5w5s", 0.996), ("20w1s", 0.94), ("20w5s", 0.9863))},
+        "lake_one_shot": {"error_rate_percent": 8.5, "ci95_percent": 2.41, "runs": 20},
+    }
+
+
+def write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+
+
+@pytest.fixture
+def results(tmp_path):
+    folder = tmp_path / "results"
+    write(folder / "omniglot" / "maml_torch.json", maml_file("torch", 0.9512))
+    write(folder / "omniglot" / "maml_tf.json", maml_file("tf", 0.9488))
+    write(folder / "omniglot" / "protonet_torch_30min.json", old_protonet_file())
+    write(folder / "sinusoid" / "results.json", {
+        "measured": {"date": "2026-11-21T08:00:00Z", "command": "python examples/sinusoid.py --out results/sinusoid"},
+        "command": "python examples/sinusoid.py --out results/sinusoid",
+        "results": [{"backend": b, "learner": "maml", "steps": 4000, "train_seconds": 7.61,
+                     "mse": {"1": stat(0.7457, 0.068, 600), "5": stat(0.336, 0.041, 600),
+                             "10": stat(0.2803, 0.0377, 600)}} for b in ("torch", "tf")]})
+    write(folder / "bench" / "maml.json", {
+        "measured": {"date": "2026-11-22T09:30:00Z", "command": "python benchmarks/bench_maml.py --out=x.json"},
+        "machine": {"cpus": 2, "torch": "2.5.1"},
+        "rows": [{"learner": "maml", "setting": "5w1s", "reference_s": 0.5, "torch_s": 0.45, "tf_s": 0.61,
+                  "torch_ratio": 0.9, "tf_ratio": 1.22},
+                 {"learner": "protonet", "setting": "60w5s", "reference_s": None, "torch_s": 0.3, "tf_s": 0.28,
+                  "torch_ratio": None, "tf_ratio": None}]})
+    return folder
+
+
+def build(results, tmp_path):
+    out = tmp_path / "site"
+    assert collect.main(["--results", str(results), "--out", str(out)]) == 0
+    return out
+
+
+def test_omniglot_table_holds_the_figures_the_paper_and_the_commands(results, tmp_path):
+    page = (build(results, tmp_path) / "omniglot.md").read_text()
+    assert "| MAML | PyTorch | 95.12 ± 0.40 | 600 | 98.7 (Finn et al. 2017) |" in page
+    assert "| MAML | TensorFlow | 94.88 ± 0.40 | 600 | 98.7 (Finn et al. 2017) |" in page
+    assert "| ProtoNet | PyTorch | 97.87 ± 0.30 | 600 | 98.8 (Snell et al. 2017) | 60-way 5-shot" in page
+    assert "| 96.0 (Snell et al. 2017) |" in page  # the published precision, not 96
+    assert f"`{NEW_COMMAND}`" in page and "2026-11-20 10:11 UTC" in page
+    assert "| 2 min | 321 | 0.375 |" in page and "| 30 min | 5298 | 0.34 |" in page
+    assert "8.50 ± 2.41" in page and "4.5 (Lake et al. 2015)" in page
+    # every table row names when and with which command it was measured
+    rows = [line for line in page.splitlines() if line.startswith("| ") and not line.startswith("| Learner")]
+    assert rows and all("UTC" in row or "date unknown" in row for row in rows)
+    assert all("`python examples/omniglot_" in row for row in rows)
+
+
+def test_old_file_without_provenance_gets_a_rebuilt_command_and_a_note(results, tmp_path):
+    page = (build(results, tmp_path) / "omniglot.md").read_text()
+    assert f"`{OLD_COMMAND}` {collect.REBUILT}" in page
+    assert "date unknown" in page  # tmp_path is not a git repository
+    assert "protonet_torch_30min.json` predates the training curves" in page
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_old_file_is_dated_by_the_commit_that_added_its_bytes(results, tmp_path):
+    env = {**os.environ, "GIT_COMMITTER_DATE": "2020-01-02T03:04:05+00:00",
+           "GIT_AUTHOR_DATE": "2020-01-02T03:04:05+00:00"}
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false"]
+    subprocess.run(git + ["init", "-q"], cwd=tmp_path, check=True, env=env)
+    subprocess.run(git + ["add", "results"], cwd=tmp_path, check=True, env=env)
+    subprocess.run(git + ["commit", "-q", "-m", "results"], cwd=tmp_path, check=True, env=env)
+    moved = results / "omniglot" / "renamed.json"  # a move not yet committed keeps its date
+    (results / "omniglot" / "protonet_torch_30min.json").rename(moved)
+    page = (build(results, tmp_path) / "omniglot.md").read_text()
+    assert "2020-01-02 03:04 UTC (date of the git commit that added the file)" in page
+    assert "--out=results/omniglot/renamed.json` (command rebuilt" in page
+
+
+def test_figures_are_drawn_per_learner_and_setting(results, tmp_path):
+    out = build(results, tmp_path)
+    page = (out / "omniglot.md").read_text()
+    for name in ("maml_train5w1s1q_loss.png", "maml_train5w1s1q_accuracy.png"):
+        assert (out / "img" / name).stat().st_size > 1000
+        assert f"](img/{name})" in page
+    again = tmp_path / "again"
+    assert collect.main(["--results", str(results), "--out", str(again)]) == 0
+    assert (again / "img" / "maml_train5w1s1q_loss.png").read_bytes() == \
+        (out / "img" / "maml_train5w1s1q_loss.png").read_bytes()
+
+
+def test_sinusoid_speed_and_missing_parity_pages(results, tmp_path):
+    out = build(results, tmp_path)
+    sinusoid = (out / "sinusoid.md").read_text()
+    assert "| PyTorch | MAML | 4000 | 7.61 | 0.746 ± 0.068 | 0.336 ± 0.041 | 0.280 ± 0.038 |" in sinusoid
+    speed = (out / "speed.md").read_text()
+    assert "| MAML | 5w1s | 0.5 | 0.45 | 0.90 | 0.61 | 1.22 | 2026-11-22 09:30 UTC |" in speed
+    assert "| ProtoNet | 60w5s | — | 0.3 | — | 0.28 | — |" in speed
+    parity = (out / "parity.md").read_text()
+    assert "Not measured yet" in parity and collect.PARITY_COMMAND in parity
+
+
+def test_parity_page_from_a_report(results, tmp_path):
+    write(results / "parity.json", {
+        "measured": {"date": "2026-11-23T00:00:00+00:00", "command": collect.PARITY_COMMAND},
+        "torch": "2.5.1", "tensorflow": "2.18.0", "pytest_exit_status": 0,
+        "rows": [{"quantity": "grads", "dtype": "float32", "kind": "rel", "largest": 3.2e-6, "tolerance": 1e-4}]})
+    parity = (build(results, tmp_path) / "parity.md").read_text()
+    assert "| grads | float32 | rel | 3.20e-06 | 1e-04 | 3.2% | 2026-11-23 00:00 UTC |" in parity
+    assert "torch 2.5.1, TensorFlow 2.18.0" in parity
+
+
+def test_malformed_json_gives_an_error_naming_the_file(results, tmp_path, capsys):
+    bad = results / "omniglot" / "broken.json"
+    write(bad, '{"config": {"backend": "torch",')
+    assert collect.main(["--results", str(results), "--out", str(tmp_path / "site")]) == 2
+    error = capsys.readouterr().err
+    assert str(bad) in error and "not valid JSON" in error
+    assert not (tmp_path / "site" / "omniglot.md").exists()  # nothing half-written
+
+    data = maml_file("torch", 0.9)
+    del data["train"]["steps"]
+    write(bad, data)
+    with pytest.raises(collect.ResultsError, match=r"broken\.json: missing 'train\.steps'"):
+        collect.build(str(results), str(tmp_path / "other"))
+
+
+def test_check_fails_when_a_page_was_edited_by_hand(results, tmp_path, capsys):
+    out = build(results, tmp_path)
+    args = ["--results", str(results), "--out", str(out), "--check"]
+    assert collect.main(args) == 0
+    page = out / "omniglot.md"
+    page.write_text(page.read_text().replace("95.12 ± 0.40", "99.12 ± 0.40"))
+    (out / "notes.md").write_text("hand-made\n")
+    capsys.readouterr()
+    assert collect.main(args) == 1
+    printed = capsys.readouterr().out
+    assert f"{page}: differs" in printed and "notes.md: not generated" in printed
+    assert "sinusoid.md" not in printed
+    assert collect.main(args[:-1]) == 0  # regenerating repairs the page and removes the stray one
+    assert collect.main(args) == 0 and not (out / "notes.md").exists()
+
+
+def test_check_fails_when_the_results_changed(results, tmp_path, capsys):
+    out = build(results, tmp_path)
+    write(results / "omniglot" / "maml_tf.json", maml_file("tf", 0.9601))
+    assert collect.main(["--results", str(results), "--out", str(out), "--check"]) == 1
+    assert "omniglot.md: differs" in capsys.readouterr().out
