@@ -55,6 +55,7 @@ class MAML(Learner):
         self.inner_reduction = inner_reduction
 
     # -- what the inner loop adapts, and how fast ---------------------------------------------------
+    # --8<-- [start:what_adapts]
     def adapted_names(self) -> list[str]:
         """Names of the parameters the inner loop updates (all of the model's)."""
         return list(self.model_parameters())
@@ -68,7 +69,9 @@ class MAML(Learner):
         if self.inner_reduction == "sum_per_shot" and is_classification(targets):
             loss = loss * outputs.shape[-1]  # sum over ways*shots examples / shots = ways * mean
         return loss
+    # --8<-- [end:what_adapts]
 
+    # --8<-- [start:inner_loop]
     def _adapt(self, x: tf.Tensor, y: tf.Tensor, steps: int, create_graph: bool) -> dict[str, tf.Tensor]:
         fast = {n: tf.convert_to_tensor(v) for n, v in self.model_parameters().items()}
         names, rates = self.adapted_names(), self.inner_rates()
@@ -81,6 +84,7 @@ class MAML(Learner):
                 g = g if create_graph else tf.stop_gradient(g)
                 fast[n] = fast[n] - rates[n] * g
         return fast
+    # --8<-- [end:inner_loop]
 
     def _adapted(self, support_x, support_y, steps):
         return self._adapt(support_x, support_y, self.test_inner_steps if steps is None else steps,
@@ -96,6 +100,7 @@ class MAML(Learner):
         grads, metrics = self._meta_gradients(batch)
         return {n: self.to_neutral(n, g.numpy()) for n, g in grads.items()}, metrics
 
+    # --8<-- [start:meta_step]
     def _task_gradients(self, sx, sy, qx, qy, variables):
         """Query loss, accuracy and meta-gradient of one task (traced inside the meta-batch loop)."""
         with tf.GradientTape() as tape:
@@ -133,3 +138,4 @@ class MAML(Learner):
         grads, metrics = self._meta_gradients(batch)
         self.optimizer.apply(grads)
         return metrics
+    # --8<-- [end:meta_step]

@@ -71,11 +71,13 @@ def _fce_weights(size: int, seed: int, dtype: str) -> dict[str, np.ndarray]:
             .uniform(-bound, bound, size=shape).astype(dtype) for i, (name, shape) in enumerate(shapes.items())}
 
 
+# --8<-- [start:lstm_cell]
 def _lstm_cell(x, h, c, weight, bias):
     """One LSTM step: gates ``i, f, g, o = [x, h] W^T + b``."""
     i, f, g, o = tf.split(tf.matmul(tf.concat([x, h], axis=-1), weight, transpose_b=True) + bias, 4, axis=-1)
     c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
     return tf.sigmoid(o) * tf.tanh(c), c
+# --8<-- [end:lstm_cell]
 
 
 class MatchingNet(MetricLearner):
@@ -126,6 +128,7 @@ class MatchingNet(MetricLearner):
         states, _ = tf.scan(step, xs, initializer=(zeros, zeros))
         return states[:, 0]
 
+    # --8<-- [start:attention]
     def _fit(self, support_z, onehot):
         if self.fce:
             forward = self._lstm(support_z, "fce.support_forward")
@@ -151,3 +154,4 @@ class MatchingNet(MetricLearner):
         weights = tf.exp(similarities - tf.stop_gradient(tf.reduce_max(similarities, axis=-1, keepdims=True)))
         return tf.math.log(tf.matmul(weights, state["labels"])) - tf.math.log(
             tf.reduce_sum(weights, axis=-1, keepdims=True))
+    # --8<-- [end:attention]

@@ -116,11 +116,13 @@ class MetricLearner(Learner):
         self.lr_decay_every = None if lr_decay_every is None else int(lr_decay_every)
         self.lr_decay = float(lr_decay)
 
+    # --8<-- [start:lr_decay]
     def learning_rate(self) -> float:
         """The meta-learning rate of the next step: ``meta_lr * lr_decay ** (steps // lr_decay_every)``."""
         if self.lr_decay_every is None:
             return float(self.meta_lr)
         return float(self.meta_lr) * self.lr_decay ** (self._steps_taken() // self.lr_decay_every)
+    # --8<-- [end:lr_decay]
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         """Embeddings of numpy images (one batch), in evaluation mode."""
@@ -196,6 +198,7 @@ class MetricLearner(Learner):
         support_z, onehot, query_z = self._embeddings(sx, sy, qx, ways, training, update_stats)
         return self._scores(query_z, self._fit(support_z, onehot))
 
+    # --8<-- [start:episode_loss]
     def _batch_gradients(self, sx, sy, qx, qy, ways: int, update_stats: bool):
         variables = list(self.parameters().values())
         tasks = sx.shape[0]
@@ -215,6 +218,7 @@ class MetricLearner(Learner):
                              lambda sx, sy, qx, qy: self._batch_gradients(sx, sy, qx, qy, ways, update_stats))
         grads, loss, accuracy = step(*tensors)
         return dict(zip(self.parameters(), grads)), {"loss": float(loss), "accuracy": float(accuracy)}
+    # --8<-- [end:episode_loss]
 
     def _episode_metrics(self, episode: Episode, steps: int | None) -> dict[str, float]:
         ways, *tensors = self._episode(episode)
@@ -260,6 +264,7 @@ class ProtoNet(MetricLearner):
 
         return self._compile(("distances", ways), distances)(sx, sy, qx).numpy()
 
+    # --8<-- [start:prototypes]
     def _fit(self, support_z, onehot):
         return {"prototypes": tf.matmul(onehot, support_z, transpose_a=True) / tf.reduce_sum(onehot, axis=0)[:, None]}
 
@@ -271,3 +276,4 @@ class ProtoNet(MetricLearner):
     def _scores(self, query_z, state):
         distances = self._distance(query_z, state["prototypes"])
         return -distances if self.distance == "euclidean" else -self.cosine_scale * distances
+    # --8<-- [end:prototypes]

@@ -19,6 +19,7 @@ from tf_meta.models import functional_call
 __all__ = ["Reptile"]
 
 
+# --8<-- [start:learner]
 class Reptile(MAML):
     """Reptile: move the initialisation towards each task's adapted weights."""
 
@@ -34,3 +35,4 @@ class Reptile(MAML):
         out = functional_call(self.model, fast, qx)
         acc = task_accuracy(out, qy) if is_classification(qy) else tf.zeros((), out.dtype)
         return task_loss(out, qy), acc, grads
+# --8<-- [end:learner]

@@ -12,6 +12,7 @@ from torch_meta.maml import MAML
 __all__ = ["ANIL"]
 
 
+# --8<-- [start:learner]
 class ANIL(MAML):
     """MAML with an inner loop on the head only."""
 
@@ -23,3 +24,4 @@ class ANIL(MAML):
 
     def adapted_names(self) -> list[str]:
         return [n for n, _ in self.model.named_parameters() if n.startswith("head.")]
+# --8<-- [end:learner]

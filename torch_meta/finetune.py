@@ -19,6 +19,7 @@ from torch_meta.maml import MAML
 __all__ = ["FineTune"]
 
 
+# --8<-- [start:learner]
 class FineTune(MAML):
     """Supervised pretraining on all tasks, then SGD fine-tuning on each test task's support set."""
 
@@ -26,3 +27,4 @@ class FineTune(MAML):
                  meta_optimizer: str = "adam"):
         super().__init__(model, inner_lr, inner_steps=0, test_inner_steps=test_inner_steps, first_order=True,
                          meta_lr=meta_lr, meta_optimizer=meta_optimizer)
+# --8<-- [end:learner]

@@ -14,6 +14,7 @@ from torch_meta.maml import MAML
 __all__ = ["FirstOrderMAML"]
 
 
+# --8<-- [start:learner]
 class FirstOrderMAML(MAML):
     """MAML with ``first_order=True``."""
 
@@ -21,3 +22,4 @@ class FirstOrderMAML(MAML):
                  meta_lr: float = 1e-3, inner_reduction: str = "mean", meta_optimizer: str = "adam"):
         super().__init__(model, inner_lr, inner_steps, test_inner_steps, first_order=True, meta_lr=meta_lr,
                          inner_reduction=inner_reduction, meta_optimizer=meta_optimizer)
+# --8<-- [end:learner]

@@ -70,6 +70,7 @@ class MAML(Learner):
         self.inner_reduction = inner_reduction
 
     # -- what the inner loop adapts, and how fast ---------------------------------------------------
+    # --8<-- [start:what_adapts]
     def adapted_names(self) -> list[str]:
         """Names of the parameters the inner loop updates (all of the model's)."""
         return [n for n, _ in self.model.named_parameters()]
@@ -84,7 +85,9 @@ class MAML(Learner):
         if self.inner_reduction == "sum_per_shot" and is_classification(targets):
             loss = loss * outputs.shape[-1]  # sum over ways*shots examples / shots = ways * mean
         return loss
+    # --8<-- [end:what_adapts]
 
+    # --8<-- [start:inner_loop]
     def _adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int, create_graph: bool) -> dict[str, torch.Tensor]:
         """Inner loops of a meta-batch ``x: (B, N, ...)`` at once: adapted weights with a leading task axis.
 
@@ -100,6 +103,7 @@ class MAML(Learner):
             for n, g in zip(names, grads):
                 fast[n] = fast[n] - rates[n] * g
         return fast
+    # --8<-- [end:inner_loop]
 
     def adapt(self, episode: Episode, steps: int | None = None) -> dict[str, torch.Tensor]:
         """Adapted weights after ``steps`` (default ``test_inner_steps``) inner steps on the support set."""
@@ -126,6 +130,7 @@ class MAML(Learner):
         size = tasks if isinstance(self.model, MLP) else max(1, min(8, 256 // max(images, 1)))
         return [slice(i, min(i + size, tasks)) for i in range(0, tasks, size)]
 
+    # --8<-- [start:meta_step]
     def _meta_gradients(self, batch: Episode):
         sx, sy, qx, qy = self._tensors(batch)
         params = self.parameters()
@@ -149,3 +154,4 @@ class MAML(Learner):
         grads, metrics = self._meta_gradients(batch)
         self.optimizer.apply(grads)
         return metrics
+    # --8<-- [end:meta_step]

@@ -71,11 +71,13 @@ def _fce_weights(size: int, seed: int, dtype: str) -> dict[str, np.ndarray]:
             .uniform(-bound, bound, size=shape).astype(dtype) for i, (name, shape) in enumerate(shapes.items())}
 
 
+# --8<-- [start:lstm_cell]
 def _lstm_cell(x, h, c, weight, bias):
     """One LSTM step: gates ``i, f, g, o = [x, h] W^T + b``."""
     i, f, g, o = (torch.cat([x, h], dim=-1) @ weight.T + bias).chunk(4, dim=-1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
+# --8<-- [end:lstm_cell]
 
 
 class MatchingNet(MetricLearner):
@@ -123,6 +125,7 @@ class MatchingNet(MetricLearner):
             states.append(h)
         return torch.cat(states)
 
+    # --8<-- [start:attention]
     def _fit(self, support_z, onehot):
         if self.fce:
             forward = self._lstm(support_z, "fce.support_forward")
@@ -148,3 +151,4 @@ class MatchingNet(MetricLearner):
         weights = torch.exp(similarities - similarities.max(dim=-1, keepdim=True).values.detach())
         return torch.log(weights @ state["labels"]) - torch.log(weights.sum(dim=-1, keepdim=True))
 
+    # --8<-- [end:attention]

@@ -16,6 +16,7 @@ from torch_meta.maml import MAML
 __all__ = ["MetaSGD"]
 
 
+# --8<-- [start:learner]
 class MetaSGD(MAML):
     """MAML with meta-learned per-parameter inner learning rates."""
 
@@ -27,3 +28,4 @@ class MetaSGD(MAML):
 
     def inner_rates(self):
         return {n: self.extra["inner_lrs." + n] for n in self.adapted_names()}
+# --8<-- [end:learner]

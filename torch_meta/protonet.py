@@ -117,11 +117,13 @@ class MetricLearner(Learner):
         self.lr_decay_every = None if lr_decay_every is None else int(lr_decay_every)
         self.lr_decay = float(lr_decay)
 
+    # --8<-- [start:lr_decay]
     def learning_rate(self) -> float:
         """The meta-learning rate of the next step: ``meta_lr * lr_decay ** (steps // lr_decay_every)``."""
         if self.lr_decay_every is None:
             return float(self.meta_lr)
         return float(self.meta_lr) * self.lr_decay ** (self._steps_taken() // self.lr_decay_every)
+    # --8<-- [end:lr_decay]
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         """Embeddings of numpy images (one batch), in evaluation mode."""
@@ -212,6 +214,7 @@ class MetricLearner(Learner):
         support_z, onehot, query_z = self._embeddings(sx, sy, qx, ways, training, update_stats)
         return self._scores(query_z, self._fit(support_z, onehot))
 
+    # --8<-- [start:episode_loss]
     def _gradients(self, batch: Episode, update_stats: bool):
         ways, sx, sy, qx, qy = self._episode(batch)
         params = self.parameters()
@@ -226,6 +229,7 @@ class MetricLearner(Learner):
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         grads = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(params.items(), grads)}
         return grads, {"loss": float(loss.detach()), "accuracy": float(torch.stack(accuracies).sum() / tasks)}
+    # --8<-- [end:episode_loss]
 
     def _episode_metrics(self, episode: Episode, steps: int | None) -> dict[str, float]:
         ways, sx, sy, qx, qy = self._episode(episode)
@@ -264,6 +268,7 @@ class ProtoNet(MetricLearner):
             support_z, onehot, query_z = self._embeddings(sx, sy, qx, ways, training=False)
             return self._distance(query_z, self._fit(support_z, onehot)["prototypes"]).cpu().numpy()
 
+    # --8<-- [start:prototypes]
     def _fit(self, support_z, onehot):
         return {"prototypes": (onehot.T @ support_z) / onehot.sum(dim=0)[:, None]}
 
@@ -275,3 +280,4 @@ class ProtoNet(MetricLearner):
     def _scores(self, query_z, state):
         distances = self._distance(query_z, state["prototypes"])
         return -distances if self.distance == "euclidean" else -self.cosine_scale * distances
+    # --8<-- [end:prototypes]

@@ -19,6 +19,7 @@ from torch_meta.models import _batched_call
 __all__ = ["Reptile"]
 
 
+# --8<-- [start:learner]
 class Reptile(MAML):
     """Reptile: move the initialisation towards each task's adapted weights."""
 
@@ -43,3 +44,4 @@ class Reptile(MAML):
                 outs.append(out)
                 losses.append(_per_task_loss(out, qy[part]))
         return grads, _metrics(torch.cat(outs), qy, torch.cat(losses))
+# --8<-- [end:learner]
