@@ -6,17 +6,21 @@
 
 Bad names raise ``ValueError`` with the accepted values; a backend whose framework is not installed
 raises :class:`BackendUnavailable` (an ``ImportError``) naming the extra to install.
+
+Devices are for the torch backend (``device='cuda'`` moves the model there before the learner is built, and
+the learner follows it); TensorFlow places operations on a visible GPU by itself.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import os
+import re
 from types import ModuleType
 
 __all__ = ["BACKENDS", "LEARNERS", "METRIC_LEARNERS", "BackendUnavailable", "LearnerUnavailable",
-           "default_backend", "check_backend", "check_learner", "load_backend", "learner_class",
-           "build_model", "make_learner", "set_threads"]
+           "DeviceUnavailable", "DEVICES", "default_backend", "check_backend", "check_learner", "check_device",
+           "load_backend", "learner_class", "build_model", "make_learner", "set_threads"]
 
 # backend name -> (package, framework module, pip extra)
 BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -36,10 +40,16 @@ LEARNERS: dict[str, tuple[str, str]] = {
     "matchingnet": ("matchingnet", "MatchingNet"),
 }
 METRIC_LEARNERS = ("protonet", "matchingnet")  # embed with a head-less conv4; no inner loop
+DEVICES = ("cpu", "cuda", "cuda:N", "mps")  # torch device names the learners accept (N: a GPU index)
+_DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]+)?|mps")
 
 
 class BackendUnavailable(ImportError):
     """The framework of a backend is not installed."""
+
+
+class DeviceUnavailable(RuntimeError):
+    """A device this machine's PyTorch cannot use (no CUDA build or GPU, no MPS)."""
 
 
 class LearnerUnavailable(ValueError):
@@ -61,6 +71,46 @@ def check_learner(name: str) -> str:
     if name not in LEARNERS:
         raise _expected("learner", name, LEARNERS)
     return name
+
+
+def check_device(backend: str, device: str, name: str = "device") -> str:
+    """``device`` if ``backend`` can run there on this machine; ``name`` is how messages spell the setting.
+
+    Raises ``ValueError`` for a name outside :data:`DEVICES` or a device other than ``'cpu'`` for ``'tf'``
+    (TensorFlow places operations on a visible GPU by itself), and :class:`DeviceUnavailable` naming the fix
+    when PyTorch cannot use the device. Imports torch only for a device other than ``'cpu'``.
+    """
+    def spelled(value: str) -> str:
+        return f"{name}={value}" if name.startswith("--") else f"{name}={value!r}"
+
+    check_backend(backend)
+    if not isinstance(device, str) or not _DEVICE_PATTERN.fullmatch(device):
+        raise ValueError(f"Expected one of {{{', '.join(repr(d) for d in DEVICES)}}}; received {spelled(device)}")
+    if device == "cpu":
+        return device
+    if backend == "tf":
+        raise ValueError(f"{spelled(device)} is for the torch backend only: TensorFlow places operations on a "
+                         f"visible GPU by itself (hide GPUs with CUDA_VISIBLE_DEVICES=-1); keep "
+                         f"{spelled('cpu')} (the default) with the tf backend")
+    load_backend(backend)
+    import torch
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise DeviceUnavailable(
+                f"{spelled(device)} needs CUDA, but torch.cuda.is_available() is False (PyTorch "
+                f"{torch.__version__}, {build}); install a CUDA build of PyTorch "
+                f"(https://pytorch.org/get-started/locally/) on a machine with an NVIDIA GPU and driver, check "
+                f"CUDA_VISIBLE_DEVICES, or run on the CPU with {spelled('cpu')}")
+        index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise DeviceUnavailable(f"{spelled(device)} does not exist: {count} CUDA device(s) are visible, "
+                                    f"cuda:0 to cuda:{count - 1}")
+    elif not torch.backends.mps.is_available():
+        raise DeviceUnavailable(f"{spelled(device)} needs Apple's MPS, but torch.backends.mps.is_available() is "
+                                f"False (it needs Apple silicon, macOS 12.3+ and a PyTorch build with MPS); run on "
+                                f"the CPU with {spelled('cpu')}")
+    return device
 
 
 def _install_hint(name: str) -> str:
@@ -134,20 +184,25 @@ def available_learners(backend: str) -> list[str]:
             if importlib.util.find_spec(f"{package}.{module}") is not None]
 
 
-def build_model(backend: str, name: str, config: dict, dtype: str = "float32", seed: int = 0):
-    """A twin model (``'mlp'`` or ``'conv4'``) with neutral initial weights from ``seed``."""
+def build_model(backend: str, name: str, config: dict, dtype: str = "float32", seed: int = 0,
+                device: str = "cpu"):
+    """A twin model (``'mlp'`` or ``'conv4'``) with neutral initial weights from ``seed``, on ``device``
+    (torch only; see :func:`check_device`)."""
     if name not in ("mlp", "conv4"):
         raise _expected("model", name, ("mlp", "conv4"))
+    check_device(backend, device)
     models = importlib.import_module(load_backend(backend).__name__ + ".models")
     config = dict(config)
     if name == "mlp":
         config["hidden"] = tuple(config["hidden"])
-    return getattr(models, name)(**config, dtype=dtype, init="neutral", seed=seed)
+    model = getattr(models, name)(**config, dtype=dtype, init="neutral", seed=seed)
+    return model if device == "cpu" else model.to(device)
 
 
 def make_learner(backend: str, learner: str, model_name: str, model_config: dict, *, dtype: str = "float32",
-                 seed: int = 0, learner_args: dict | None = None):
-    """Builds the model and the learner around it; ``learner_args`` go to the learner's constructor."""
+                 seed: int = 0, learner_args: dict | None = None, device: str = "cpu"):
+    """Builds the model on ``device`` (torch only) and the learner around it, which follows the model's device;
+    ``learner_args`` go to the learner's constructor."""
     cls = learner_class(backend, learner)
-    model = build_model(backend, model_name, model_config, dtype=dtype, seed=seed)
+    model = build_model(backend, model_name, model_config, dtype=dtype, seed=seed, device=device)
     return cls(model, **(learner_args or {}))

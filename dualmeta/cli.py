@@ -69,6 +69,8 @@ flags.DEFINE_integer("lr_decay_every", None, "protonet/matchingnet: halve --meta
 flags.DEFINE_integer("warmup", 3, "bench: untimed warm-up steps.")
 flags.DEFINE_integer("threads", None, "CPU threads per backend (intra-op); default 1 for sinusoid (tiny "
                      "operations, where more threads only wait on each other), the framework's own otherwise.")
+flags.DEFINE_string("device", "cpu", "torch device: cpu, cuda, cuda:N or mps (the model moves there and the "
+                    "learner follows it). torch only: TensorFlow places operations on a visible GPU by itself.")
 
 _FLAG_NAMES = tuple(name for name in FLAGS if name not in _ABSL_FLAGS)
 COMPARE_STEPS = 5000
@@ -171,7 +173,24 @@ def _learner(experiment, backend_name: str | None = None):
     model, config = experiment.model()
     return backend.make_learner(name, experiment.learner, model, config,
                                 dtype=experiment.dtype, seed=experiment.seed,
-                                learner_args=experiment.learner_args())
+                                learner_args=experiment.learner_args(),
+                                device=FLAGS.device if name == "torch" else "cpu")
+
+
+def _check_device(command: str) -> None:
+    """--device is for torch (compare: its torch run). Checked before any work, so a missing GPU fails at once:
+    a device for tf is a usage error (exit 2), one this machine's PyTorch cannot use an error (exit 1)."""
+    if FLAGS.device == "cpu":
+        return
+    from dualmeta import backend
+    name = "torch" if command == "compare" else _backend_name()
+    if name == "torch":
+        with _quiet_native_stderr():
+            backend.load_backend(name)
+    try:
+        backend.check_device(name, FLAGS.device, name="--device")
+    except ValueError as error:  # DeviceUnavailable (a RuntimeError) goes on to main: exit 1
+        _die(str(error), EXIT_USAGE)
 
 
 def _metadata(experiment, learner_name: str) -> dict:
@@ -421,6 +440,16 @@ def _synthetic_batch(experiment, seed: int):
     return Episode(images(shots), labels(shots), images(queries), labels(queries))
 
 
+def _synchronizer(backend_name: str):
+    """Waits for a torch GPU's queued kernels (launched asynchronously), so that a step is timed whole."""
+    if backend_name != "torch" or FLAGS.device == "cpu":
+        return lambda: None
+    import torch
+    if FLAGS.device.startswith("cuda"):
+        return lambda: torch.cuda.synchronize(FLAGS.device)
+    return torch.mps.synchronize
+
+
 def cmd_bench() -> int:
     import platform
     experiment = _experiment("bench")
@@ -428,10 +457,12 @@ def cmd_bench() -> int:
         raise CommandError(f"Expected --warmup >= 0; received --warmup={FLAGS.warmup}")
     learner = _learner(experiment)
     batch = _synthetic_batch(experiment, experiment.seed)
+    synchronize = _synchronizer(experiment.backend)
     times = []
     for i in range(FLAGS.warmup + experiment.steps):
         t0 = time.perf_counter()
         learner.meta_train_step(batch)
+        synchronize()
         if i >= FLAGS.warmup:
             times.append(time.perf_counter() - t0)
     e = experiment
@@ -442,6 +473,7 @@ def cmd_bench() -> int:
               "meta_batch_size": e.meta_batch_size, "ways": e.train_ways, "shots": e.train_shots,
               "queries": e.train_queries, "inner_steps": e.inner_steps, "dtype": e.dtype, "hidden": e.hidden,
               "model": e.model()[0], "threads": _threads(e) or "default", "cpus": os.cpu_count(),
+              "device": FLAGS.device if e.backend == "torch" else "tf placement",
               "python": platform.python_version()}
     print(json.dumps(result), flush=True)
     if FLAGS.report:
@@ -457,12 +489,14 @@ def main(argv: list[str]) -> int:
         received = " ".join(argv[1:]) or "nothing"
         _die(f"expected one command, {', '.join(COMMANDS[:-1])} or {COMMANDS[-1]} (e.g. `python -m dualmeta "
              f"compare`); received {received}. See --helpshort for the flags", EXIT_USAGE)
-    from dualmeta.backend import BackendUnavailable
+    from dualmeta.backend import BackendUnavailable, DeviceUnavailable
     from dualmeta.checkpoint import CheckpointError
     from dualmeta.train import NonFiniteLoss
     try:
+        _check_device(argv[1])
         return _COMMANDS[argv[1]]()
-    except (CommandError, CheckpointError, BackendUnavailable, NonFiniteLoss, FileNotFoundError) as error:
+    except (CommandError, CheckpointError, BackendUnavailable, DeviceUnavailable, NonFiniteLoss,
+            FileNotFoundError) as error:
         _die(str(error))
     except ValueError as error:  # a setting the library refused: its message names the accepted values
         _die(str(error))

@@ -21,6 +21,7 @@ format) to ``--checkpoint``.
     python examples/omniglot_maml.py --ways=20 --inner_lr=0.1 --inner_steps=5 --test_inner_steps=5 \\
         --meta_batch_size=16                                      # the paper's 20-way setting
     python examples/omniglot_maml.py --minutes=0.05 --episodes=3 --hidden=8 --threads=1   # smoke test
+    python examples/omniglot_maml.py --device=cuda --minutes=30       # torch on a GPU (the learner follows the model)
 """
 from __future__ import annotations
 
@@ -60,6 +61,18 @@ flags.DEFINE_string("out", None, "Metrics JSON (default omniglot_<learner>_<ways
 flags.DEFINE_string("checkpoint", None, "Write the trained weights (safetensors, neutral format) here.")
 flags.DEFINE_integer("log_every", 100, "Steps per point of the training curve / progress line.")
 flags.DEFINE_integer("threads", 0, "CPU threads of the backend (intra-op); 0: the framework's default.")
+flags.DEFINE_string("device", "cpu", "torch device: cpu, cuda, cuda:N or mps (torch only: TensorFlow places "
+                    "operations on a visible GPU by itself).")
+
+
+def _check_device(backend) -> None:
+    """--device: torch only (a usage error with tf); a device this PyTorch cannot use stops with one line."""
+    try:
+        backend.check_device(FLAGS.backend, FLAGS.device, name="--device")
+    except backend.DeviceUnavailable as error:
+        sys.exit(f"error: {error}")
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
 
 
 def main(argv):
@@ -72,6 +85,7 @@ def main(argv):
     from dualmeta.experiment import OMNIGLOT_DRAWINGS, resolve
     from dualmeta.weights import atomic_write, save_weights
 
+    _check_device(backend)
     try:
         experiment = resolve(FLAGS.backend, FLAGS.learner, "omniglot", ways=FLAGS.ways, shots=FLAGS.shots,
                              queries=FLAGS.train_queries, meta_batch_size=FLAGS.meta_batch_size,
@@ -86,7 +100,7 @@ def main(argv):
     backend.set_threads(FLAGS.backend, FLAGS.threads)
     model_name, model_config = experiment.model()
     learner = backend.make_learner(FLAGS.backend, FLAGS.learner, model_name, model_config, dtype=FLAGS.dtype,
-                                   seed=FLAGS.seed, learner_args=experiment.learner_args())
+                                   seed=FLAGS.seed, learner_args=experiment.learner_args(), device=FLAGS.device)
 
     images = data.load_omniglot_images(FLAGS.data_dir, image_size=28)
     trainval = data.omniglot_split("vinyals", "trainval", images=images)
@@ -98,7 +112,8 @@ def main(argv):
               "test_inner_steps": e.test_inner_steps, "inner_reduction": e.inner_reduction, "meta_lr": e.meta_lr,
               "minutes": FLAGS.minutes, "max_steps": FLAGS.max_steps, "episodes": FLAGS.episodes,
               "hidden": e.hidden, "dtype": e.dtype, "seed": e.seed, "eval_seed": FLAGS.eval_seed,
-              "threads": FLAGS.threads or "default", "model": model_config, "train_classes": trainval.num_classes,
+              "threads": FLAGS.threads or "default", "device": FLAGS.device, "model": model_config,
+              "train_classes": trainval.num_classes,
               "test_classes": test.num_classes, "argv": sys.argv[1:]}
     print(f"{e.backend} {e.learner}: {e.ways}-way {e.shots}-shot, {trainval.num_classes} training classes, "
           f"meta-batch {e.meta_batch_size}, {FLAGS.minutes} min", flush=True)

@@ -20,6 +20,7 @@ the trained weights, in the neutral format, to ``--checkpoint`` if given (they l
     python examples/omniglot_metric.py --backend=torch --minutes=30 --out=protonet_torch.json
     python examples/omniglot_metric.py --backend=tf --learner=matchingnet --fce --minutes=30
     python examples/omniglot_metric.py --minutes=0.05 --episodes=5 --hidden=8 --threads=1   # smoke test
+    python examples/omniglot_metric.py --device=cuda --minutes=30     # torch on a GPU (the learner follows the model)
 
 The same runs through the command line (when ``dualmeta/cli.py`` has them): ``python -m dualmeta train
 --tasks=omniglot --learner=protonet ...``; this script is standalone and imports only the chosen backend.
@@ -65,6 +66,8 @@ flags.DEFINE_float("curve_every", 3.0, "Minutes of training between points of th
 flags.DEFINE_integer("curve_episodes", 100, "Test episodes per point of the accuracy curve.")
 flags.DEFINE_integer("threads", None, "CPU threads of the backend (intra-op); default: the framework's own. "
                      "On a busy machine 1 can be much faster for small models (--hidden 8).")
+flags.DEFINE_string("device", "cpu", "torch device: cpu, cuda, cuda:N or mps (torch only: TensorFlow places "
+                    "operations on a visible GPU by itself).")
 
 TEST_SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))
 TRAIN_DEFAULTS = {"protonet": (60, 5, 5), "matchingnet": (5, 1, 15)}
@@ -74,6 +77,8 @@ def build_learner(backend: str, learner: str):
     models = importlib.import_module(f"{backend}_meta.models")
     model = models.conv4(hidden=FLAGS.hidden, downsample="maxpool", head="flatten",
                          track_running_stats=FLAGS.running_stats, dtype=FLAGS.dtype, seed=FLAGS.seed)
+    if FLAGS.device != "cpu":  # torch only (checked in main); the learner follows the model's device
+        model = model.to(FLAGS.device)
     decay = FLAGS.lr_decay_every if FLAGS.lr_decay_every is not None else (2000 if learner == "protonet" else None)
     common = dict(meta_lr=FLAGS.meta_lr, lr_decay_every=decay)
     if learner == "protonet":
@@ -81,6 +86,16 @@ def build_learner(backend: str, learner: str):
             model, distance=FLAGS.distance, cosine_scale=FLAGS.cosine_scale, **common)
     return importlib.import_module(f"{backend}_meta.matchingnet").MatchingNet(
         model, fce=FLAGS.fce, cosine_scale=FLAGS.cosine_scale, **common)
+
+
+def _check_device(backend) -> None:
+    """--device: torch only (a usage error with tf); a device this PyTorch cannot use stops with one line."""
+    try:
+        backend.check_device(FLAGS.backend, FLAGS.device, name="--device")
+    except backend.DeviceUnavailable as error:
+        sys.exit(f"error: {error}")
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
 
 
 def main(argv):
@@ -92,6 +107,7 @@ def main(argv):
     from dualmeta.episodes import ClassificationTasks
     from dualmeta.weights import atomic_write, save_weights
 
+    _check_device(backend)
     ways, shots, queries = TRAIN_DEFAULTS[FLAGS.learner]
     ways = FLAGS.train_ways or ways
     shots = FLAGS.train_shots or shots
@@ -105,7 +121,7 @@ def main(argv):
     learner = build_learner(FLAGS.backend, FLAGS.learner)
     config = {name: FLAGS[name].value for name in (
         "backend", "learner", "minutes", "max_steps", "test_queries", "episodes", "hidden", "meta_lr",
-        "distance", "cosine_scale", "fce", "running_stats", "dtype", "seed", "eval_seed", "threads")}
+        "distance", "cosine_scale", "fce", "running_stats", "dtype", "seed", "eval_seed", "threads", "device")}
     config.update(train_ways=ways, train_shots=shots, train_queries=queries, lr_decay_every=learner.lr_decay_every,
                   batch_norm_at_test="running statistics" if FLAGS.running_stats else "batch statistics")
     print(f"{FLAGS.backend} {FLAGS.learner}: training on {trainval.num_classes} classes, {ways}-way {shots}-shot "

@@ -399,6 +399,36 @@ def test_missing_backend_names_the_extra(tmp_path):
     assert_one_line_error(result, "pip install 'dualmeta[torch]'")
 
 
+# --device: torch only; the model moves there and the learner follows it (tests/test_device.py)
+
+@pytest.mark.parametrize("args, fragments", [
+    (["train", "--backend=tf", "--device=cuda"], ["--device=cuda", "torch backend only",
+                                                  "TensorFlow places operations on a visible GPU by itself"]),
+    (["bench", "--backend=tf", "--device=cuda:1"], ["--device=cuda:1", "TensorFlow places operations"]),
+    (["train", "--backend=torch", "--device=gpu"], ["'cpu', 'cuda', 'cuda:N', 'mps'", "received --device=gpu"]),
+], ids=["tf-cuda", "tf-cuda-index", "bad-name"])
+def test_device_usage_errors(args, fragments, tmp_path):
+    result = run_cli(*args, *TINY, cwd=tmp_path)
+    assert_one_line_error(result, *fragments, code=2)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_device_cuda_without_cuda_names_the_fix(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run_cli("train", "--backend=torch", "--device=cuda", *TINY, f"--logdir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_one_line_error(result, "--device=cuda needs CUDA", "torch.cuda.is_available() is False",
+                          "install a CUDA build of PyTorch", "--device=cpu")
+    assert not (tmp_path / "run").exists()
+
+
+def test_device_cpu_runs_and_is_reported(tmp_path):
+    result = run_cli("bench", "--backend=torch", "--device=cpu", *TINY, "--steps=2", "--warmup=0", cwd=tmp_path,
+                     check=0)
+    assert json.loads(result.stdout.strip().splitlines()[-1])["device"] == "cpu"
+
+
 # ----------------------------------------------------------------------------------------------------
 # In-process units: backend registry, settings, flagfiles, progress, checkpoint files
 # ----------------------------------------------------------------------------------------------------

@@ -3,6 +3,11 @@
 Mirror of ``tf_meta/core.py``. The optimisers are written out here (not ``torch.optim``) so that both
 backends run the same formula: Adam as in PyTorch (eps added to the bias-corrected sqrt(v)), eps=1e-8.
 Keras' Adam differs twice: its default eps is 1e-7, and it adds eps to the uncorrected sqrt(v).
+
+Devices: a learner follows its model. Move the model first (``models.conv4(...).to("cuda")``), then build
+the learner: every tensor it creates (episode tensors, learner tensors such as Meta-SGD's rates, the
+optimiser state, adapted weights) goes to the device of the model's parameters, and numpy results come
+back through ``.cpu()``. A model moved after the learner was built is refused with the fix.
 """
 from __future__ import annotations
 
@@ -31,6 +36,15 @@ def as_tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     if np.issubdtype(array.dtype, np.integer):
         return torch.as_tensor(array, dtype=torch.int64)
     return torch.as_tensor(array, dtype=dtype)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    """The one device holding every parameter and buffer of ``model``."""
+    devices = {str(t.device) for t in (*model.parameters(), *model.buffers())}
+    if len(devices) != 1:
+        raise ValueError(f"Expected every parameter and buffer of the model on one device; received "
+                         f"{sorted(devices)}: move the whole model with model.to(device)")
+    return next(model.parameters()).device
 
 
 def is_classification(targets) -> bool:
@@ -102,7 +116,7 @@ class Optimizer:
         with torch.no_grad():
             for prefix, slots in (("m.", self.m), ("v.", self.v)):
                 for n, s in slots.items():
-                    s.copy_(torch.as_tensor(np.asarray(state[prefix + n])))
+                    s.copy_(torch.as_tensor(np.asarray(state[prefix + n])))  # copy_ crosses devices
 
 
 class Learner:
@@ -119,6 +133,7 @@ class Learner:
     def __init__(self, model: torch.nn.Module, meta_lr: float = 1e-3, meta_optimizer: str = "adam"):
         self.model = model
         self.dtype = next(model.parameters()).dtype
+        self._device = _model_device(model)
         self.extra: dict[str, torch.Tensor] = {}  # learner tensors (e.g. Meta-SGD's rates), neutral names
         self.meta_lr, self.meta_optimizer = meta_lr, meta_optimizer
         self._optimizer = None
@@ -160,7 +175,7 @@ class Learner:
         self.model.set_weights({n: weights[n] for n in model_shapes})
         with torch.no_grad():
             for n, t in self.extra.items():
-                t.copy_(torch.as_tensor(np.asarray(weights[n])))
+                t.copy_(torch.as_tensor(np.asarray(weights[n])))  # copy_ crosses devices
 
     def get_optimizer_state(self) -> dict[str, np.ndarray]:
         return self.optimizer.get_state()
@@ -169,8 +184,17 @@ class Learner:
         self.optimizer.set_state(state)
 
     # -- episodes -----------------------------------------------------------------------------------
+    def _as_tensor(self, array: np.ndarray) -> torch.Tensor:
+        """``as_tensor`` on the learner's device (that of the model's parameters)."""
+        device = next(self.model.parameters()).device
+        if device != self._device:
+            raise ValueError(f"The model is on {device}, but this learner was built for {self._device} (its "
+                             "optimiser state and learner tensors live there); move the model with "
+                             "model.to(device) before building the learner")
+        return as_tensor(array, self.dtype).to(self._device)
+
     def _tensors(self, episode: Episode) -> tuple[torch.Tensor, ...]:
-        return tuple(as_tensor(a, self.dtype) for a in episode)
+        return tuple(self._as_tensor(a) for a in episode)
 
     def predict(self, x: np.ndarray, weights: Mapping[str, torch.Tensor] | None = None) -> np.ndarray:
         """Outputs of the model (with ``weights`` from ``adapt`` if given) on numpy inputs.
@@ -180,7 +204,7 @@ class Learner:
         from torch_meta.models import functional_call
         weights = dict(self.model.named_parameters()) if weights is None else weights
         with torch.no_grad():
-            out = functional_call(self.model, weights, as_tensor(x, self.dtype), training=False)
+            out = functional_call(self.model, weights, self._as_tensor(x), training=False)
         return out.cpu().numpy()
 
     def _episode_metrics(self, episode: Episode, steps: int | None) -> dict[str, float]:

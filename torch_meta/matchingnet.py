@@ -98,7 +98,7 @@ class MatchingNet(MetricLearner):
         if self.fce:
             dtype = str(self.dtype).replace("torch.", "")
             for name, value in _fce_weights(self._embedding_size(), seed, dtype).items():
-                self.extra[name] = torch.tensor(value).requires_grad_(True)
+                self.extra[name] = torch.tensor(value, device=self._device).requires_grad_(True)
 
     def attention(self, episode: Episode) -> np.ndarray:
         """Attention weights ``(queries, support)`` of each query over the support set (rows sum to 1)."""
@@ -113,7 +113,8 @@ class MatchingNet(MetricLearner):
         shape = (cfg["in_features"],) if self.model.spec.name == "mlp" else (
             cfg["image_size"], cfg["image_size"], cfg["in_channels"])
         with torch.no_grad():
-            return int(self._encode(torch.zeros((2,) + shape, dtype=self.dtype), training=False).shape[-1])
+            probe = torch.zeros((2,) + shape, dtype=self.dtype, device=self._device)
+            return int(self._encode(probe, training=False).shape[-1])
 
     def _lstm(self, xs: torch.Tensor, prefix: str) -> torch.Tensor:
         """Hidden states ``(T, D)`` of an LSTM run over the rows of ``xs`` in order, from zero states."""

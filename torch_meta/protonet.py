@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from dualmeta.episodes import Episode
-from torch_meta.core import OPTIMIZERS, Learner, as_tensor, task_accuracy, task_loss
+from torch_meta.core import OPTIMIZERS, Learner, task_accuracy, task_loss
 from torch_meta.models import functional_call
 
 __all__ = ["DISTANCES", "NORM_EPS", "MetricLearner", "ProtoNet"]
@@ -128,7 +128,7 @@ class MetricLearner(Learner):
     def embed(self, x: np.ndarray) -> np.ndarray:
         """Embeddings of numpy images (one batch), in evaluation mode."""
         with torch.no_grad():
-            return self._encode(as_tensor(x, self.dtype), training=False).cpu().numpy()
+            return self._encode(self._as_tensor(x), training=False).cpu().numpy()
 
     def adapt(self, episode: Episode, steps: int | None = None) -> dict[str, torch.Tensor]:
         """What the support set determines (e.g. the prototypes), for ``predict``; ``steps`` is unused."""
@@ -143,7 +143,7 @@ class MetricLearner(Learner):
             raise ValueError(f"{type(self).__name__}.predict needs the support state: "
                              "predict(x, learner.adapt(episode))")
         with torch.no_grad():
-            return self._scores(self._encode(as_tensor(x, self.dtype), training=False), weights).cpu().numpy()
+            return self._scores(self._encode(self._as_tensor(x), training=False), weights).cpu().numpy()
 
     def meta_gradients(self, batch: Episode) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Gradients of the mean query loss over the meta-batch (neutral layout) and the metrics; no update."""
