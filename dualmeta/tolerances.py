@@ -11,7 +11,7 @@ is compared against the scale of the whole set instead of against itself.
 """
 from __future__ import annotations
 
-__all__ = ["TOLERANCES", "REL_FLOOR", "tolerance", "within", "compare"]
+__all__ = ["TOLERANCES", "REL_FLOOR", "tolerance", "within", "differences", "compare"]
 
 REL_FLOOR = 1e-2
 
@@ -50,31 +50,45 @@ def within(quantity: str, dtype: str, a, b) -> tuple[bool, float]:
     return diff <= tol, diff
 
 
+def differences(quantity: str, dtype: str, tf_values, torch_values) -> dict[str, float]:
+    """The measured difference of each named tensor, as the tolerance of ``quantity`` counts it.
+
+    ``abs``: ``max|tf - torch|``; ``rel``: that divided by ``max|torch|`` of the tensor, floored at
+    ``REL_FLOOR`` times the largest torch entry of the whole set. Raises ``ValueError`` if the names or
+    shapes differ.
+    """
+    import numpy as np
+
+    _, kind = tolerance(quantity, dtype)
+    if sorted(tf_values) != sorted(torch_values):
+        only_tf = sorted(set(tf_values) - set(torch_values))
+        only_torch = sorted(set(torch_values) - set(tf_values))
+        raise ValueError(f"{quantity}: names differ: only in tf {only_tf}, only in torch {only_torch}")
+    arrays = {n: (np.asarray(tf_values[n], np.float64), np.asarray(torch_values[n], np.float64))
+              for n in torch_values}
+    scale = max([float(np.max(np.abs(b))) for _, b in arrays.values() if b.size] + [0.0])
+    result = {}
+    for name, (a, b) in arrays.items():
+        if a.shape != b.shape:
+            raise ValueError(f"{quantity}/{name}: shape {a.shape} (tf) != {b.shape} (torch)")
+        diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+        if kind == "rel":
+            own = float(np.max(np.abs(b))) if b.size else 0.0
+            diff /= max(own, REL_FLOOR * scale, 1e-30)
+        result[name] = diff
+    return result
+
+
 def compare(quantity: str, dtype: str, tf_values, torch_values) -> list[str]:
     """Compares two dicts of named arrays; returns one failure line per tensor out of tolerance.
 
     A line names the tensor: ``meta_grads/blocks.0.conv.weight: max|tf-torch| (rel) 3e-05 > 1e-05``.
     """
-    import numpy as np
-
     tol, kind = tolerance(quantity, dtype)
-    if sorted(tf_values) != sorted(torch_values):
-        only_tf = sorted(set(tf_values) - set(torch_values))
-        only_torch = sorted(set(torch_values) - set(tf_values))
-        return [f"{quantity}: names differ: only in tf {only_tf}, only in torch {only_torch}"]
-    arrays = {n: (np.asarray(tf_values[n], np.float64), np.asarray(torch_values[n], np.float64))
-              for n in torch_values}
-    scale = max([float(np.max(np.abs(b))) for _, b in arrays.values() if b.size] + [0.0])
-    failures = []
-    for name, (a, b) in arrays.items():
-        if a.shape != b.shape:
-            failures.append(f"{quantity}/{name}: shape {a.shape} (tf) != {b.shape} (torch)")
-            continue
-        diff = float(np.max(np.abs(a - b))) if a.size else 0.0
-        if kind == "rel":
-            own = float(np.max(np.abs(b))) if b.size else 0.0
-            diff /= max(own, REL_FLOOR * scale, 1e-30)
-        if not diff <= tol:
-            label = " (rel)" if kind == "rel" else ""
-            failures.append(f"{quantity}/{name}: max|tf-torch|{label} {diff:.3g} > {tol:g}")
-    return failures
+    try:
+        measured = differences(quantity, dtype, tf_values, torch_values)
+    except ValueError as error:
+        return [str(error)]
+    label = " (rel)" if kind == "rel" else ""
+    return [f"{quantity}/{name}: max|tf-torch|{label} {diff:.3g} > {tol:g}"
+            for name, diff in measured.items() if not diff <= tol]

@@ -40,7 +40,7 @@ from dualmeta import weights as neutral  # noqa: E402
 from parity_tests.tolerances import REL_FLOOR, Tolerance, tolerance  # noqa: E402
 
 __all__ = ["assert_close", "assert_all_close", "max_difference", "keras_to_neutral", "tf_to_numpy",
-           "torch_to_numpy", "Twins", "build_twins", "tolerance", "MEASURED"]
+           "torch_to_numpy", "Twins", "build_twins", "tolerance", "MEASURED", "assert_quantity_close", "record"]
 
 
 MEASURED: dict[tuple[str, str, str], float] = {}  # (quantity, dtype, kind) -> largest difference seen
@@ -91,6 +91,27 @@ def assert_close(name: str, tf_value, torch_value, tol: Tolerance, set_scale: fl
         raise AssertionError(f"{name}: {label} {error:.3g} > {tol.value:.3g} "
                              f"({tol.kind} tolerance of {tol.quantity!r}, {tol.dtype}, docs/tolerances.md)")
     return error
+
+
+def record(quantity: str, dtype: str, difference: float) -> None:
+    """Notes a measured tf-torch difference of ``quantity`` for the parity report (largest kept)."""
+    from dualmeta.tolerances import tolerance as run_tolerance
+
+    key = (quantity, dtype, run_tolerance(quantity, dtype)[1])
+    MEASURED[key] = max(MEASURED.get(key, 0.0), float(difference))
+
+
+def assert_quantity_close(quantity: str, dtype: str, tf_values: dict, torch_values: dict) -> None:
+    """Learner-level comparison of named arrays with ``dualmeta.tolerances`` (what ``compare`` checks);
+    the largest difference is recorded for the parity report. Fails with one line per tensor that is off."""
+    from dualmeta.tolerances import compare, differences
+
+    failures = compare(quantity, dtype, tf_values, torch_values)
+    try:
+        record(quantity, dtype, max(differences(quantity, dtype, tf_values, torch_values).values(), default=0.0))
+    except ValueError:  # names or shapes differ: the failure lines say so
+        pass
+    assert not failures, "\n".join(failures)
 
 
 def assert_all_close(prefix: str, tf_values, torch_values, tol: Tolerance) -> dict[str, float]:

@@ -21,7 +21,8 @@ import torch  # noqa: F401  (torch before tensorflow, as in conftest)
 
 from dualmeta import weights as neutral
 from dualmeta.episodes import ClassDataset, ClassificationTasks
-from dualmeta.tolerances import compare, tolerance
+from dualmeta.tolerances import tolerance
+from parity_tests.conftest import assert_quantity_close, record
 
 BACKENDS = ("tf", "torch")
 DTYPES = ("float32", "float64")
@@ -85,11 +86,6 @@ def tasks(seed: int = TRAJECTORY_SEED) -> ClassificationTasks:
     return ClassificationTasks(dataset(), WAYS, SHOTS, QUERIES, seed=seed)
 
 
-def assert_close(quantity: str, dtype: str, tf_values: dict, torch_values: dict) -> None:
-    failures = compare(quantity, dtype, tf_values, torch_values)
-    assert not failures, "\n".join(failures)
-
-
 def _neutral(learner, tensors: dict) -> dict[str, np.ndarray]:
     """Adapted state / gradients as numpy (the states are not layout-dependent)."""
     return {n: (t.detach().numpy() if hasattr(t, "detach") else np.asarray(t)) for n, t in tensors.items()}
@@ -125,22 +121,22 @@ def test_embeddings_and_support_state(learner, dtype, running_stats):
     for b in BACKENDS:
         pair[b].set_weights(weights)
     images = np.concatenate([episode.support_x, episode.query_x])
-    assert_close("embeddings", dtype, {"embeddings": pair["tf"].embed(images)},
-                 {"embeddings": pair["torch"].embed(images)})
+    assert_quantity_close("embeddings", dtype, {"embeddings": pair["tf"].embed(images)},
+                          {"embeddings": pair["torch"].embed(images)})
     states = {b: _neutral(pair[b], pair[b].adapt(episode)) for b in BACKENDS}
     if learner.startswith("protonet"):
-        assert_close("prototypes", dtype, states["tf"], states["torch"])
-        assert_close("prototypes", dtype, {"prototypes": pair["tf"].prototypes(episode)},
-                     {"prototypes": pair["torch"].prototypes(episode)})
-        assert_close("distances", dtype, {"distances": pair["tf"].distances(episode)},
-                     {"distances": pair["torch"].distances(episode)})
+        assert_quantity_close("prototypes", dtype, states["tf"], states["torch"])
+        assert_quantity_close("prototypes", dtype, {"prototypes": pair["tf"].prototypes(episode)},
+                              {"prototypes": pair["torch"].prototypes(episode)})
+        assert_quantity_close("distances", dtype, {"distances": pair["tf"].distances(episode)},
+                              {"distances": pair["torch"].distances(episode)})
     else:
-        assert_close("embeddings", dtype, states["tf"], states["torch"])
-        assert_close("forward", dtype, {"attention": pair["tf"].attention(episode)},
-                     {"attention": pair["torch"].attention(episode)})
+        assert_quantity_close("embeddings", dtype, states["tf"], states["torch"])
+        assert_quantity_close("forward", dtype, {"attention": pair["tf"].attention(episode)},
+                              {"attention": pair["torch"].attention(episode)})
     outputs = {b: pair[b].predict(episode.query_x, pair[b].adapt(episode)) for b in BACKENDS}
     quantity = "distances" if learner.startswith("protonet") else "forward"  # ProtoNet logits are -distances
-    assert_close(quantity, dtype, {"predict": outputs["tf"]}, {"predict": outputs["torch"]})
+    assert_quantity_close(quantity, dtype, {"predict": outputs["tf"]}, {"predict": outputs["torch"]})
 
 
 # --- loss and gradients -----------------------------------------------------------------------------------
@@ -152,9 +148,9 @@ def test_loss_and_gradients(learner, dtype):
     grads = {b: results[b][0] for b in BACKENDS}
     trainable = [n for n, t in pair["torch"].model.spec.tensors.items() if t.trainable]
     assert list(grads["torch"]) == trainable + list(pair["torch"].extra), "gradients miss a parameter"
-    assert_close("loss", dtype, {"loss": results["tf"][1]["loss"]}, {"loss": results["torch"][1]["loss"]})
+    assert_quantity_close("loss", dtype, {"loss": results["tf"][1]["loss"]}, {"loss": results["torch"][1]["loss"]})
     assert results["tf"][1]["accuracy"] == results["torch"][1]["accuracy"]
-    assert_close("grads", dtype, grads["tf"], grads["torch"])
+    assert_quantity_close("grads", dtype, grads["tf"], grads["torch"])
     assert all(np.any(g != 0) for g in grads["torch"].values()), "a gradient is identically zero"
     # meta_gradients is pure: the running statistics did not move.
     assert all(np.array_equal(pair[b].model.get_weights()[n], w) for b in BACKENDS
@@ -188,13 +184,14 @@ def test_trajectory_50_episodes(learner, dtype):
     tf_losses, torch_losses = np.array(losses["tf"]), np.array(losses["torch"])
     tol, _ = tolerance("trajectory_loss", dtype)
     rel = np.abs(tf_losses - torch_losses) / np.maximum(np.abs(torch_losses), 1e-12)
+    record("trajectory_loss", dtype, rel.max())
     worst = int(np.argmax(rel))
     assert rel.max() <= tol, (f"trajectory_loss step {worst}: tf {tf_losses[worst]:.10g} torch "
                               f"{torch_losses[worst]:.10g}: rel {rel[worst]:.3g} > {tol:g}")
     assert torch_losses[-10:].mean() < torch_losses[:10].mean(), "the trajectory did not learn"
     evaluation = {b: pair[b].evaluate(tasks(seed=99).take(4)) for b in BACKENDS}
-    assert_close("loss", dtype, {"loss": evaluation["tf"]["loss"]["mean"]},
-                 {"loss": evaluation["torch"]["loss"]["mean"]})
+    assert_quantity_close("loss", dtype, {"loss": evaluation["tf"]["loss"]["mean"]},
+                          {"loss": evaluation["torch"]["loss"]["mean"]})
 
 
 # --- checkpoints across backends --------------------------------------------------------------------------
@@ -212,7 +209,7 @@ def test_checkpoint_evaluates_alike_in_the_other_backend(learner, source, target
     episodes = tasks(seed=99).take(6)
     results = {source: trained.evaluate(episodes), target: loaded.evaluate(episodes)}
     assert results["tf"]["accuracy"] == results["torch"]["accuracy"]
-    assert_close("loss", "float32", {"loss": results["tf"]["loss"]["mean"]}, {"loss": results["torch"]["loss"]["mean"]})
+    assert_quantity_close("loss", "float32", {"loss": results["tf"]["loss"]["mean"]}, {"loss": results["torch"]["loss"]["mean"]})
 
 
 @pytest.mark.parametrize("learner", ["protonet", "matchingnet_fce"])
@@ -230,4 +227,4 @@ def test_resume_in_the_other_backend(learner):
     resumed.set_optimizer_state(first.get_optimizer_state())
     assert resumed.learning_rate() == reference.meta_lr / 2
     resumed_losses = [resumed.meta_train_step(tasks().batch(step, 1))["loss"] for step in range(4, 8)]
-    assert_close("trajectory_loss", dtype, {"losses": np.array(resumed_losses)}, {"losses": np.array(losses[4:])})
+    assert_quantity_close("trajectory_loss", dtype, {"losses": np.array(resumed_losses)}, {"losses": np.array(losses[4:])})

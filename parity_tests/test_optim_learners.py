@@ -13,7 +13,8 @@ import pytest
 import torch  # noqa: F401  (torch before tensorflow, as in conftest)
 
 from dualmeta.episodes import ClassDataset, ClassificationTasks, RegressionTasks
-from dualmeta.tolerances import compare, tolerance
+from dualmeta.tolerances import tolerance
+from parity_tests.conftest import assert_quantity_close, record
 
 LEARNERS = {  # name -> (module, class, constructor arguments)
     "maml": ("maml", "MAML", dict(inner_lr=0.1, inner_steps=2)),
@@ -66,11 +67,6 @@ def _neutral(learner, tensors) -> dict[str, np.ndarray]:
     return {n: t.detach().numpy() for n, t in tensors.items()}
 
 
-def assert_close(quantity: str, dtype: str, tf_values: dict, torch_values: dict) -> None:
-    failures = compare(quantity, dtype, tf_values, torch_values)
-    assert not failures, "\n".join(failures)
-
-
 CASES = [(learner, fixture) for learner in LEARNERS for fixture in ("sinusoid", "omniglot")
          if not (learner == "anil" and fixture == "sinusoid")]  # ANIL needs a classifier head
 
@@ -80,7 +76,7 @@ CASES = [(learner, fixture) for learner in LEARNERS for fixture in ("sinusoid", 
 def test_adapted_weights(learner, fixture, dtype):
     twins, episode = _twins(learner, fixture, dtype), _tasks(fixture).episode(0)
     adapted = {b: _neutral(twins[b], twins[b].adapt(episode, steps=2)) for b in twins}
-    assert_close("adapted_weights", dtype, adapted["tf"], adapted["torch"])
+    assert_quantity_close("adapted_weights", dtype, adapted["tf"], adapted["torch"])
     start = twins["torch"].model.get_weights()
     moved = [n for n in adapted["torch"] if not np.array_equal(adapted["torch"][n], start[n])]
     assert moved, "the inner loop changed no weight"
@@ -91,11 +87,11 @@ def test_adapted_weights(learner, fixture, dtype):
 def test_meta_gradients_and_one_step(learner, fixture, dtype):
     twins, batch = _twins(learner, fixture, dtype), _tasks(fixture).batch(0, 3)
     grads = {b: twins[b].meta_gradients(batch)[0] for b in twins}
-    assert_close("meta_grads", dtype, grads["tf"], grads["torch"])
+    assert_quantity_close("meta_grads", dtype, grads["tf"], grads["torch"])
     assert all(np.any(g != 0) for g in grads["torch"].values()), "a meta-gradient is identically zero"
     metrics = {b: twins[b].meta_train_step(batch) for b in twins}
-    assert_close("loss", dtype, {"loss": metrics["tf"]["loss"]}, {"loss": metrics["torch"]["loss"]})
-    assert_close("meta_step", dtype, twins["tf"].get_weights(), twins["torch"].get_weights())
+    assert_quantity_close("loss", dtype, {"loss": metrics["tf"]["loss"]}, {"loss": metrics["torch"]["loss"]})
+    assert_quantity_close("meta_step", dtype, twins["tf"].get_weights(), twins["torch"].get_weights())
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -115,6 +111,7 @@ def test_trajectory_100_steps(learner, fixture, dtype):
         assert torch_losses[-10:].mean() < torch_losses[:10].mean(), "the trajectory did not learn"
     tol, _ = tolerance("trajectory_loss", dtype)
     rel = np.abs(tf_losses - torch_losses) / np.maximum(np.abs(torch_losses), 1e-12)
+    record("trajectory_loss", dtype, rel.max())
     worst = int(np.argmax(rel))
     assert rel.max() <= tol, (f"trajectory_loss step {worst}: tf {tf_losses[worst]:.10g} torch "
                               f"{torch_losses[worst]:.10g}: rel {rel[worst]:.3g} > {tol:g}")
