@@ -46,12 +46,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -66,6 +62,7 @@ from torch import nn  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
 from dualmeta.episodes import Episode  # noqa: E402
+from dualmeta.budget import machine, provenance  # noqa: E402
 from dualmeta.weights import atomic_write  # noqa: E402
 
 BACKENDS = ("reference", "torch", "tf")
@@ -263,22 +260,6 @@ def setting(args, learner: str) -> str:
     return f"{args.ways}-way {args.shots}-shot {args.queries}-query, {args.tasks} tasks, {inner}"
 
 
-def machine() -> dict:
-    def version(package):
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "tensorflow": version("tensorflow"), "platform": platform.platform()}
-
-
-def measured(script: str) -> dict:
-    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": f"python benchmarks/{script} {shlex.join(sys.argv[1:])}".rstrip()}
-
-
 def names(value: str, accepted, flag: str, parser) -> list[str]:
     chosen = [v.strip() for v in value.split(",") if v.strip()]
     wrong = [v for v in chosen if v not in accepted]
@@ -360,7 +341,8 @@ def main(argv=None):
     if args.out:
         info = machine()
         info["load_average_1min"] = {"before": round(load_before, 2), "after": round(load_after, 2)}
-        report = {"measured": measured("bench_maml.py"), "machine": info, "config": config, "rows": rows}
+        measured = provenance("benchmarks/bench_maml.py", None if argv is None else list(argv))
+        report = {"measured": measured, "machine": info, "config": config, "rows": rows}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         atomic_write(args.out, json.dumps(report, indent=2) + "\n")
         print(f"# wrote {args.out}", file=sys.stderr)

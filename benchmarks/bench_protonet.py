@@ -27,12 +27,8 @@ reference and the torch backend.
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -46,6 +42,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dualmeta.episodes import ClassDataset, ClassificationTasks  # noqa: E402
+from dualmeta.budget import machine, provenance  # noqa: E402
 from dualmeta.weights import atomic_write  # noqa: E402
 
 
@@ -96,22 +93,6 @@ def make_runner(name: str, hidden: int, args):
     learner = protonet.ProtoNet(models.conv4(hidden=hidden, downsample="maxpool", track_running_stats=True),
                                 lr_decay_every=2000)
     return lambda episode: learner.meta_train_step(episode)["loss"]
-
-
-def machine() -> dict:
-    def version(package):
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "tensorflow": version("tensorflow"), "platform": platform.platform()}
-
-
-def measured(argv) -> dict:
-    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": f"python benchmarks/bench_protonet.py {shlex.join(argv)}".rstrip()}
 
 
 def main(argv=None) -> None:
@@ -183,7 +164,8 @@ def main(argv=None) -> None:
                       torch_threads=torch.get_num_threads())
         info = machine()
         info["load_average_1min"] = {"before": round(load_before, 2), "after": round(load_after, 2)}
-        report = {"measured": measured(argv), "machine": info, "config": config, "rows": [row]}
+        measured = provenance("benchmarks/bench_protonet.py", argv)
+        report = {"measured": measured, "machine": info, "config": config, "rows": [row]}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         atomic_write(args.out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")

@@ -14,13 +14,16 @@ budget. :func:`evaluate_settings` runs the fixed test episodes of several N-way 
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import math
+import os
+import platform
 import shlex
 import sys
 import time
 from typing import Callable, Iterable, Mapping
 
-__all__ = ["train_for", "evaluate_settings", "accuracy_line", "provenance"]
+__all__ = ["train_for", "evaluate_settings", "accuracy_line", "provenance", "machine"]
 
 
 def train_for(learner, tasks, meta_batch_size: int, minutes: float, *, max_steps: int | None = None,
@@ -119,3 +122,16 @@ def provenance(script: str, argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     date = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
     return {"date": date, "command": " ".join(["python", script] + [shlex.quote(a) for a in argv])}
+
+
+def machine() -> dict:
+    """The machine a figure was measured on: CPUs, Python, the installed torch and tensorflow, the OS
+    (versions read from the installed packages, without importing the frameworks)."""
+    def version(package):
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": version("torch"),
+            "tensorflow": version("tensorflow") or version("tensorflow-cpu"), "platform": platform.platform()}

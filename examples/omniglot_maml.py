@@ -33,6 +33,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _common import check_run_flags  # noqa: E402  (examples/_common.py)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("backend", "torch", ["tf", "torch"], "Backend.")
 flags.DEFINE_enum("learner", "maml", ["maml", "fomaml", "reptile", "metasgd", "anil", "finetune"], "Learner.")
@@ -65,27 +67,13 @@ flags.DEFINE_string("device", "cpu", "torch device: cpu, cuda, cuda:N or mps (to
                     "operations on a visible GPU by itself).")
 
 
-def _check_device(backend) -> None:
-    """--device: torch only (a usage error with tf); a device this PyTorch cannot use stops with one line."""
-    try:
-        backend.check_device(FLAGS.backend, FLAGS.device, name="--device")
-    except backend.DeviceUnavailable as error:
-        sys.exit(f"error: {error}")
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
-
-
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS.minutes > 0:
-        raise app.UsageError(f"Expected a positive --minutes; received --minutes={FLAGS.minutes}")
+    check_run_flags(argv)
     from dualmeta import backend, budget, data
     from dualmeta.episodes import ClassificationTasks
     from dualmeta.experiment import OMNIGLOT_DRAWINGS, resolve
     from dualmeta.weights import atomic_write, save_weights
 
-    _check_device(backend)
     try:
         experiment = resolve(FLAGS.backend, FLAGS.learner, "omniglot", ways=FLAGS.ways, shots=FLAGS.shots,
                              queries=FLAGS.train_queries, meta_batch_size=FLAGS.meta_batch_size,

@@ -36,6 +36,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _common import check_run_flags  # noqa: E402  (examples/_common.py)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("backend", "torch", ["tf", "torch"], "Backend.")
 flags.DEFINE_enum("learner", "protonet", ["protonet", "matchingnet"], "Metric learner.")
@@ -88,26 +90,12 @@ def build_learner(backend: str, learner: str):
         model, fce=FLAGS.fce, cosine_scale=FLAGS.cosine_scale, **common)
 
 
-def _check_device(backend) -> None:
-    """--device: torch only (a usage error with tf); a device this PyTorch cannot use stops with one line."""
-    try:
-        backend.check_device(FLAGS.backend, FLAGS.device, name="--device")
-    except backend.DeviceUnavailable as error:
-        sys.exit(f"error: {error}")
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
-
-
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS.minutes > 0:
-        raise app.UsageError(f"Expected a positive --minutes; received --minutes={FLAGS.minutes}")
+    check_run_flags(argv)
     from dualmeta import backend, budget, data
     from dualmeta.episodes import ClassificationTasks
     from dualmeta.weights import atomic_write, save_weights
 
-    _check_device(backend)
     ways, shots, queries = TRAIN_DEFAULTS[FLAGS.learner]
     ways = FLAGS.train_ways or ways
     shots = FLAGS.train_shots or shots
