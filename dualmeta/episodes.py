@@ -21,7 +21,7 @@ import numpy as np
 
 __all__ = [
     "Episode", "stack_episodes", "episode_rng", "ClassDataset", "ClassificationTasks",
-    "TaskFamily", "FAMILIES", "RegressionTasks", "check_positive",
+    "TaskFamily", "FAMILIES", "RegressionTasks", "check_positive", "inner_batches",
 ]
 
 
@@ -49,6 +49,35 @@ def episode_rng(seed: int, index: int) -> np.random.Generator:
     if seed < 0 or index < 0:
         raise ValueError(f"Expected a non-negative seed and index; received seed={seed}, index={index}")
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(index)])))
+
+
+def inner_batches(labels: np.ndarray, batch_size: int | None, steps: int) -> np.ndarray | None:
+    """Which support examples each inner step trains on: ``(steps, batch_size)`` indices, or ``None`` (all).
+
+    Reptile's inner loop takes minibatches of the support set (Nichol et al. 2018), so that its steps see
+    different examples of the task. Both backends take the indices from here, so they train on the same
+    minibatches. The support examples are put in "shot-major" order (the first example of every class,
+    then the second of every class, ...; for regression targets, the given order) and step ``i`` takes the
+    window ``i*batch_size ... (i+1)*batch_size - 1`` of that order, wrapping around: with 5 ways, 10 shots
+    and minibatches of 10, five steps are one epoch and every minibatch holds two examples of each class.
+
+    ``labels``: one task's support labels (``support_y``); ``batch_size=None`` or ``>= len(labels)``: every
+    step takes the whole support set.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if batch_size is None or batch_size >= n:
+        return None
+    check_positive(batch_size=batch_size)
+    order = np.arange(n)
+    if labels.ndim == 1 and labels.dtype.kind in "iu":  # rank of each example within its class, then position
+        rank = np.zeros(n, np.int64)
+        for label in np.unique(labels):
+            members = labels == label
+            rank[members] = np.arange(members.sum())
+        order = np.lexsort((order, rank))
+    windows = np.arange(steps)[:, None] * batch_size + np.arange(batch_size)[None, :]
+    return order[windows % n].astype(np.int64)
 
 
 def check_positive(**counts: int) -> None:

@@ -15,6 +15,7 @@ inner_lr           0.01                         0.4 / --
 inner_steps        1 (reptile 5)                1 (reptile 5) / --
 test_inner_steps   10                           3 / --
 inner_reduction    mean                         sum_per_shot (the original code) / --
+inner_batch_size   -- (reptile: all points)     -- (reptile: the whole support set) / --
 meta_lr            1e-3 (reptile 1.0, SGD)      1e-3 (reptile 1.0, SGD)
 lr_decay_every     --                           -- / protonet 2000 (halves meta_lr), matchingnet none
 steps              70000                        60000 / 20000
@@ -55,7 +56,7 @@ _LEARNER_DEFAULTS = {"reptile": dict(inner_steps=5, meta_lr=1.0),
 # Settings that change what is trained: --resume refuses a run whose values differ from the checkpoint's.
 DEFINING = ("backend", "learner", "tasks", "split", "ways", "shots", "queries", "train_ways", "train_shots",
             "train_queries", "meta_batch_size", "inner_steps", "inner_lr", "meta_lr", "inner_reduction",
-            "seed", "dtype", "hidden", "activation", "lr_decay_every")
+            "seed", "dtype", "hidden", "activation", "lr_decay_every", "inner_batch_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,7 @@ class Experiment:
     inner_lr: float | None = 0.01
     meta_lr: float = 1e-3
     inner_reduction: str | None = "mean"
+    inner_batch_size: int | None = None  # reptile: support examples per inner step (None: all)
     steps: int = 70_000
     seed: int = 0
     dtype: str = "float32"
@@ -113,8 +115,11 @@ class Experiment:
             return dict(meta_lr=self.meta_lr, lr_decay_every=self.lr_decay_every)
         if self.learner == "finetune":
             return dict(inner_lr=self.inner_lr, test_inner_steps=self.test_inner_steps, meta_lr=self.meta_lr)
-        return dict(inner_lr=self.inner_lr, inner_steps=self.inner_steps, test_inner_steps=self.test_inner_steps,
+        args = dict(inner_lr=self.inner_lr, inner_steps=self.inner_steps, test_inner_steps=self.test_inner_steps,
                     meta_lr=self.meta_lr, inner_reduction=self.inner_reduction)
+        if self.learner == "reptile":
+            args["inner_batch_size"] = self.inner_batch_size
+        return args
 
     def defining(self) -> dict[str, Any]:
         """The settings that define the trained weights (compared on ``--resume``)."""
@@ -188,6 +193,9 @@ def resolve(backend: str, learner: str = "maml", tasks: str = "sinusoid", **give
     if learner not in METRIC_LEARNERS and "lr_decay_every" in given:
         raise ValueError(f"--lr_decay_every applies to the metric learners (protonet, matchingnet); drop it "
                          f"for --learner={learner}")
+    if learner != "reptile" and "inner_batch_size" in given:
+        raise ValueError(f"--inner_batch_size applies to --learner=reptile (minibatches of the support set in "
+                         f"its inner loop); drop it for --learner={learner}")
     if learner == "finetune":  # supervised training on the query sets, fine-tuning only at test time
         for key in ("inner_steps", "inner_reduction"):
             if key in given:
@@ -210,6 +218,8 @@ def _check(e: Experiment) -> None:
     if e.classification:
         counts.update(ways=e.ways, train_ways=e.train_ways)
     check_positive(**counts)
+    if e.inner_batch_size is not None:
+        check_positive(inner_batch_size=e.inner_batch_size)
     if e.activation not in ("relu", "softplus"):
         raise _expected("activation", e.activation, ("relu", "softplus"))
     if e.seed < 0 or e.seed in (EVAL_SEED, EVAL_SEED - VAL_SEED_OFFSET):

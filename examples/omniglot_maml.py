@@ -42,6 +42,8 @@ flags.DEFINE_float("minutes", 30.0, "Training time budget in minutes (the step i
 flags.DEFINE_integer("max_steps", None, "Stop training after this many meta-steps even within the budget.")
 flags.DEFINE_integer("ways", 5, "Classes per task (training and test).")
 flags.DEFINE_integer("shots", 1, "Support examples per class (training and test).")
+flags.DEFINE_integer("train_shots", None, "Support examples per class in training (default --shots; Reptile "
+                     "trains 1-shot Omniglot with 10, Nichol et al.).")
 flags.DEFINE_integer("train_queries", 1, "Query examples per class in training (the original code: 1).")
 flags.DEFINE_integer("test_queries", 15, "Query examples per class at test.")
 flags.DEFINE_integer("meta_batch_size", None, "Tasks per meta-step (default 32).")
@@ -50,6 +52,8 @@ flags.DEFINE_integer("inner_steps", None, "Inner steps in training (default 1; r
 flags.DEFINE_integer("test_inner_steps", None, "Inner steps at test (default 3).")
 flags.DEFINE_enum("inner_reduction", None, ["mean", "sum_per_shot"], "Support-loss reduction (default "
                   "sum_per_shot, the original code's).")
+flags.DEFINE_integer("inner_batch_size", None, "reptile: support examples per inner step (class-balanced "
+                     "minibatches; default: the whole support set).")
 flags.DEFINE_float("meta_lr", None, "Meta learning rate (default Adam 1e-3; reptile SGD 1.0).")
 flags.DEFINE_integer("episodes", 600, "Test episodes.")
 flags.DEFINE_float("curve_every", 3.0, "Minutes of training between points of the accuracy curve (0: none).")
@@ -76,9 +80,10 @@ def main(argv):
 
     try:
         experiment = resolve(FLAGS.backend, FLAGS.learner, "omniglot", ways=FLAGS.ways, shots=FLAGS.shots,
-                             queries=FLAGS.train_queries, meta_batch_size=FLAGS.meta_batch_size,
-                             inner_lr=FLAGS.inner_lr, inner_steps=FLAGS.inner_steps,
-                             test_inner_steps=FLAGS.test_inner_steps, inner_reduction=FLAGS.inner_reduction,
+                             train_shots=FLAGS.train_shots, queries=FLAGS.train_queries,
+                             meta_batch_size=FLAGS.meta_batch_size, inner_lr=FLAGS.inner_lr,
+                             inner_steps=FLAGS.inner_steps, test_inner_steps=FLAGS.test_inner_steps,
+                             inner_reduction=FLAGS.inner_reduction, inner_batch_size=FLAGS.inner_batch_size,
                              meta_lr=FLAGS.meta_lr, hidden=FLAGS.hidden, dtype=FLAGS.dtype, seed=FLAGS.seed)
         if FLAGS.shots + FLAGS.test_queries > OMNIGLOT_DRAWINGS:
             raise ValueError(f"--shots + --test_queries = {FLAGS.shots + FLAGS.test_queries} exceeds the "
@@ -95,9 +100,11 @@ def main(argv):
     test = data.omniglot_split("vinyals", "test", images=images)
     e = experiment
     config = {"backend": e.backend, "learner": e.learner, "ways": e.ways, "shots": e.shots,
-              "train_queries": e.train_queries, "test_queries": FLAGS.test_queries,
+              "train_shots": e.train_shots, "train_queries": e.train_queries,
+              "test_queries": FLAGS.test_queries,
               "meta_batch_size": e.meta_batch_size, "inner_lr": e.inner_lr, "inner_steps": e.inner_steps,
-              "test_inner_steps": e.test_inner_steps, "inner_reduction": e.inner_reduction, "meta_lr": e.meta_lr,
+              "test_inner_steps": e.test_inner_steps, "inner_reduction": e.inner_reduction,
+              "inner_batch_size": e.inner_batch_size, "meta_lr": e.meta_lr,
               "minutes": FLAGS.minutes, "max_steps": FLAGS.max_steps, "episodes": FLAGS.episodes,
               "hidden": e.hidden, "dtype": e.dtype, "seed": e.seed, "eval_seed": FLAGS.eval_seed,
               "threads": FLAGS.threads or "default", "device": FLAGS.device, "model": model_config,
@@ -111,7 +118,7 @@ def main(argv):
     report = {"measured": budget.provenance("examples/omniglot_maml.py"), "config": config}
     try:
         report["train"] = budget.train_for(
-            learner, ClassificationTasks(trainval, e.ways, e.shots, e.train_queries, seed=e.seed),
+            learner, ClassificationTasks(trainval, e.ways, e.train_shots, e.train_queries, seed=e.seed),
             e.meta_batch_size, FLAGS.minutes, max_steps=FLAGS.max_steps, log_every=FLAGS.log_every,
             curve=curve if FLAGS.curve_every > 0 else None, curve_every_s=60.0 * FLAGS.curve_every)
     except FloatingPointError as error:

@@ -20,6 +20,10 @@ LEARNERS = {  # name -> (module, class, constructor arguments)
     "maml": ("maml", "MAML", dict(inner_lr=0.1, inner_steps=2)),
     "fomaml": ("fomaml", "FirstOrderMAML", dict(inner_lr=0.1, inner_steps=2)),
     "reptile": ("reptile", "Reptile", dict(inner_lr=0.1, inner_steps=3, meta_lr=0.5)),
+    # inner minibatches (dualmeta.episodes.inner_batches): 3 of the 5 sinusoid points, 3 of the 9 images (one
+    # per class) per step
+    "reptile_minibatch": ("reptile", "Reptile", dict(inner_lr=0.1, inner_steps=3, meta_lr=0.5,
+                                                     inner_batch_size=3)),
     "metasgd": ("metasgd", "MetaSGD", dict(inner_lr=0.1, inner_steps=2)),
     "anil": ("anil", "ANIL", dict(inner_lr=0.1, inner_steps=2)),
     "finetune": ("finetune", "FineTune", dict(inner_lr=0.1, test_inner_steps=2)),
@@ -97,7 +101,7 @@ def test_meta_gradients_and_one_step(learner, fixture, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("learner,fixture", CASES)
 def test_trajectory_100_steps(learner, fixture, dtype):
-    meta_lr = 0.5 if learner == "reptile" else 1e-3
+    meta_lr = 0.5 if learner.startswith("reptile") else 1e-3
     twins = _twins(learner, fixture, dtype, activation=TRAJECTORY_ACTIVATION[dtype], meta_lr=meta_lr)
     tasks = _tasks(fixture)
     losses = {b: [] for b in twins}
@@ -115,6 +119,15 @@ def test_trajectory_100_steps(learner, fixture, dtype):
     worst = int(np.argmax(rel))
     assert rel.max() <= tol, (f"trajectory_loss step {worst}: tf {tf_losses[worst]:.10g} torch "
                               f"{torch_losses[worst]:.10g}: rel {rel[worst]:.3g} > {tol:g}")
+
+
+@pytest.mark.parametrize("backend", ("tf", "torch"))
+def test_reptile_minibatches_change_the_meta_gradient(backend):
+    """The minibatch case above is not the full-batch case in disguise."""
+    batch = _tasks("omniglot").batch(0, 3)
+    grads = [_twins(name, "omniglot", "float64")[backend].meta_gradients(batch)[0]
+             for name in ("reptile", "reptile_minibatch")]
+    assert max(np.abs(grads[0][n] - grads[1][n]).max() for n in grads[0]) > 1e-6
 
 
 def test_twins_round_trip_learner_tensors():

@@ -475,6 +475,14 @@ def test_settings_and_seeds():
     assert f.inner_steps == 0 and f.learner_args() == dict(inner_lr=0.01, test_inner_steps=10, meta_lr=1e-3)
     with pytest.raises(ValueError, match="--inner_steps does not apply"):
         experiment.resolve("torch", learner="finetune", inner_steps=1)
+    r = experiment.resolve("torch", learner="reptile", tasks="omniglot", train_shots=10, queries=1,
+                           inner_batch_size=10)
+    assert (r.train_shots, r.shots, r.learner_args()["inner_batch_size"]) == (10, 1, 10)
+    assert "inner_batch_size" not in experiment.resolve("torch", tasks="omniglot").learner_args()
+    with pytest.raises(ValueError, match="--inner_batch_size applies to --learner=reptile"):
+        experiment.resolve("torch", learner="maml", inner_batch_size=4)
+    with pytest.raises(ValueError, match="inner_batch_size to be a positive integer"):
+        experiment.resolve("torch", learner="reptile", inner_batch_size=0)
     s = experiment.resolve("torch", seed=7)
     assert len({s.seed, s.val_seed, experiment.EVAL_SEED}) == 3
     a, b = s.eval_tasks().episode(3), experiment.resolve("tf", seed=9).eval_tasks().episode(3)

@@ -689,3 +689,18 @@ def test_interrupted_download_leaves_nothing(served, tmp_path):
 def test_known_checksums_apply_to_the_official_url():
     assert set(data.KNOWN_SHA256[data.DEFAULT_URL]) == set(data.OMNIGLOT_FILES)
     assert all(re.fullmatch(r"[0-9a-f]{64}", s) for s in data.KNOWN_SHA256[data.DEFAULT_URL].values())
+
+
+def test_inner_batches_are_class_balanced_windows():
+    from dualmeta.episodes import inner_batches
+    labels = np.repeat(np.array([3, 1, 0, 4, 2]), 10)  # 5-way 10-shot, class by class as the episodes
+    batches = inner_batches(labels, 10, 5)
+    assert batches.shape == (5, 10)
+    assert sorted(batches.ravel()) == list(range(50))  # five steps: one epoch, each example once
+    for b in batches:
+        assert sorted(labels[b]) == sorted(np.repeat(np.arange(5), 2))  # two of every class
+    assert inner_batches(labels, None, 5) is None and inner_batches(labels, 50, 5) is None
+    wrapped = inner_batches(np.zeros((5, 1), np.float32), 3, 3)  # regression: the given order, wrapping
+    assert wrapped.tolist() == [[0, 1, 2], [3, 4, 0], [1, 2, 3]]
+    with pytest.raises(ValueError, match="batch_size"):
+        inner_batches(labels, 0, 5)

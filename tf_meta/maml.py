@@ -72,13 +72,15 @@ class MAML(Learner):
     # --8<-- [end:what_adapts]
 
     # --8<-- [start:inner_loop]
-    def _adapt(self, x: tf.Tensor, y: tf.Tensor, steps: int, create_graph: bool) -> dict[str, tf.Tensor]:
+    def _adapt(self, x: tf.Tensor, y: tf.Tensor, steps: int, create_graph: bool,
+               batches=None) -> dict[str, tf.Tensor]:
         fast = {n: tf.convert_to_tensor(v) for n, v in self.model_parameters().items()}
         names, rates = self.adapted_names(), self.inner_rates()
-        for _ in range(steps):
+        for i in range(steps):
+            xb, yb = (x, y) if batches is None else (tf.gather(x, batches[i]), tf.gather(y, batches[i]))
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch([fast[n] for n in names])
-                loss = self.inner_loss(functional_call(self.model, fast, x), y)
+                loss = self.inner_loss(functional_call(self.model, fast, xb), yb)
             grads = tape.gradient(loss, [fast[n] for n in names])
             for n, g in zip(names, grads):
                 g = g if create_graph else tf.stop_gradient(g)
@@ -111,23 +113,25 @@ class MAML(Learner):
         acc = task_accuracy(out, qy) if is_classification(qy) else tf.zeros((), out.dtype)
         return loss, acc, grads
 
-    def _batch_gradients(self, sx, sy, qx, qy):
-        """Sum over tasks of the per-task meta-gradients / tasks, in a ``tf.range`` loop (short tracing)."""
+    def _batch_gradients(self, sx, sy, qx, qy, *extra):
+        """Sum over tasks of the per-task meta-gradients / tasks, in a ``tf.range`` loop (short tracing).
+
+        ``extra`` tensors are shared by every task and passed on to ``_task_gradients``."""
         variables = list(self.parameters().values())
         tasks = tf.shape(sx)[0]
         scale = 1.0 / tf.cast(tasks, self.dtype)
         totals = [tf.zeros_like(v) for v in variables]
         loss_sum, acc_sum = tf.zeros((), self.dtype), tf.zeros((), self.dtype)
         for t in tf.range(tasks):
-            loss, acc, grads = self._task_gradients(sx[t], sy[t], qx[t], qy[t], variables)
+            loss, acc, grads = self._task_gradients(sx[t], sy[t], qx[t], qy[t], variables, *extra)
             totals = [a + g * scale for a, g in zip(totals, grads)]
             loss_sum += loss
             acc_sum += acc
         return totals, loss_sum * scale, acc_sum * scale
 
-    def _meta_gradients(self, batch: Episode):
+    def _meta_gradients(self, batch: Episode, *extra):
         tensors = self._tensors(batch)
-        totals, loss, acc = self._compile("meta_gradients", self._batch_gradients)(*tensors)
+        totals, loss, acc = self._compile("meta_gradients", self._batch_gradients)(*tensors, *extra)
         metrics = {"loss": float(loss)}
         if is_classification(tensors[3]):
             metrics["accuracy"] = float(acc)

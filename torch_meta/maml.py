@@ -88,17 +88,21 @@ class MAML(Learner):
     # --8<-- [end:what_adapts]
 
     # --8<-- [start:inner_loop]
-    def _adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int, create_graph: bool) -> dict[str, torch.Tensor]:
+    def _adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int, create_graph: bool,
+               batches=None) -> dict[str, torch.Tensor]:
         """Inner loops of a meta-batch ``x: (B, N, ...)`` at once: adapted weights with a leading task axis.
 
         Every task starts from its own view of the meta-parameters (``expand``), so the gradient of the
-        summed support losses with respect to those views is each task's own gradient.
+        summed support losses with respect to those views is each task's own gradient. ``batches``
+        (``(steps, b)`` indices from :func:`dualmeta.episodes.inner_batches`): step ``i`` trains on the
+        support examples ``batches[i]`` only (Reptile's minibatches); ``None``: on all of them.
         """
         tasks = x.shape[0]
         fast = {n: p.expand((tasks,) + tuple(p.shape)) for n, p in self.model.named_parameters()}
         names, rates = self.adapted_names(), self.inner_rates()
-        for _ in range(steps):
-            loss = self.inner_loss(_batched_call(self.model, fast, x), y).sum()
+        for i in range(steps):
+            xb, yb = (x, y) if batches is None else (x[:, batches[i]], y[:, batches[i]])
+            loss = self.inner_loss(_batched_call(self.model, fast, xb), yb).sum()
             grads = torch.autograd.grad(loss, [fast[n] for n in names], create_graph=create_graph)
             for n, g in zip(names, grads):
                 fast[n] = fast[n] - rates[n] * g
