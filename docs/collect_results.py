@@ -269,12 +269,15 @@ def read_run(path: str, results_dir: str) -> Run:
         curve_setting = config.get("curve_setting", "5w1s")  # omniglot_metric.py's curve: 5-way 1-shot
     else:
         script = "examples/omniglot_maml.py"
-        ways, shots = field(data, path, "config.ways", int), field(data, path, "config.shots", int)
+        ways, test_shots = field(data, path, "config.ways", int), field(data, path, "config.shots", int)
+        shots = config.get("train_shots") or test_shots  # files before --train_shots train on the test shots
         queries = config.get("train_queries", 1)
         trained_on = f"{ways}-way {shots}-shot, {queries} {'query' if queries == 1 else 'queries'}/class"
         if isinstance(config.get("meta_batch_size"), int):
             trained_on += f", {config['meta_batch_size']} tasks/step"
-        curve_setting = config.get("curve_setting", f"{ways}w{shots}s")
+        if isinstance(config.get("inner_batch_size"), int):
+            trained_on += f", inner minibatches of {config['inner_batch_size']}"
+        curve_setting = config.get("curve_setting", f"{ways}w{test_shots}s")
     test = field(data, path, "test", dict)
     for key in test:
         for name in ("mean", "ci95", "n"):
