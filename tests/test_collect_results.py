@@ -107,6 +107,16 @@ def test_omniglot_table_holds_the_figures_the_paper_and_the_commands(results, tm
     assert all("`python examples/omniglot_" in row for row in rows)
 
 
+def test_training_shots_and_minibatches_are_shown(results, tmp_path):
+    reptile = maml_file("torch", 0.9)
+    reptile["config"].update(learner="reptile", train_shots=10, inner_batch_size=10, meta_batch_size=5)
+    write(results / "omniglot" / "reptile_torch.json", reptile)
+    page = (build(results, tmp_path) / "omniglot.md").read_text()
+    assert "| Reptile | PyTorch | 90.00 ± 0.40 | 600 | 97.68 (Nichol et al. 2018, transductive) | 5-way 10-shot, " \
+           "1 query/class, 5 tasks/step, inner minibatches of 10 |" in page
+    assert "## 5-way 1-shot" in page and "## 5-way 10-shot" not in page  # tested on the test shots
+
+
 def test_old_file_without_provenance_gets_a_rebuilt_command_and_a_note(results, tmp_path):
     page = (build(results, tmp_path) / "omniglot.md").read_text()
     assert f"`{OLD_COMMAND}` {collect.REBUILT}" in page
