@@ -22,6 +22,7 @@ format) to ``--checkpoint``.
         --meta_batch_size=16                                      # the paper's 20-way setting
     python examples/omniglot_maml.py --minutes=0.05 --episodes=3 --hidden=8 --threads=1   # smoke test
     python examples/omniglot_maml.py --device=cuda --minutes=30       # torch on a GPU (the learner follows the model)
+    python examples/omniglot_maml.py --backend=tf --minutes=0 --init_weights=maml_torch.safetensors  # evaluate only
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _common import check_run_flags  # noqa: E402  (examples/_common.py)
+from _common import NOT_TRAINED, check_run_flags, load_init_weights  # noqa: E402  (examples/_common.py)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("backend", "torch", ["tf", "torch"], "Backend.")
@@ -94,6 +95,7 @@ def main(argv):
     model_name, model_config = experiment.model()
     learner = backend.make_learner(FLAGS.backend, FLAGS.learner, model_name, model_config, dtype=FLAGS.dtype,
                                    seed=FLAGS.seed, learner_args=experiment.learner_args(), device=FLAGS.device)
+    initial = load_init_weights(learner)
 
     images = data.load_omniglot_images(FLAGS.data_dir, image_size=28)
     trainval = data.omniglot_split("vinyals", "trainval", images=images)
@@ -107,7 +109,7 @@ def main(argv):
               "inner_batch_size": e.inner_batch_size, "meta_lr": e.meta_lr,
               "minutes": FLAGS.minutes, "max_steps": FLAGS.max_steps, "episodes": FLAGS.episodes,
               "hidden": e.hidden, "dtype": e.dtype, "seed": e.seed, "eval_seed": FLAGS.eval_seed,
-              "threads": FLAGS.threads or "default", "device": FLAGS.device, "model": model_config,
+              "threads": FLAGS.threads or "default", "device": FLAGS.device, "init_weights": FLAGS.init_weights, "model": model_config,
               "train_classes": trainval.num_classes,
               "test_classes": test.num_classes, "argv": sys.argv[1:]}
     print(f"{e.backend} {e.learner}: {e.ways}-way {e.shots}-shot, {trainval.num_classes} training classes, "
@@ -116,8 +118,10 @@ def main(argv):
     curve_tasks = ClassificationTasks(test, e.ways, e.shots, FLAGS.test_queries, seed=FLAGS.eval_seed)
     curve = (lambda: learner.evaluate(curve_tasks.episode(i) for i in range(FLAGS.curve_episodes)))
     report = {"measured": budget.provenance("examples/omniglot_maml.py"), "config": config}
+    if initial is not None:
+        report["init_weights"] = {"path": os.path.abspath(FLAGS.init_weights), **initial}
     try:
-        report["train"] = budget.train_for(
+        report["train"] = dict(NOT_TRAINED) if FLAGS.minutes == 0 else budget.train_for(
             learner, ClassificationTasks(trainval, e.ways, e.train_shots, e.train_queries, seed=e.seed),
             e.meta_batch_size, FLAGS.minutes, max_steps=FLAGS.max_steps, log_every=FLAGS.log_every,
             curve=curve if FLAGS.curve_every > 0 else None, curve_every_s=60.0 * FLAGS.curve_every)

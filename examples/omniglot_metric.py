@@ -21,6 +21,8 @@ the trained weights, in the neutral format, to ``--checkpoint`` if given (they l
     python examples/omniglot_metric.py --backend=tf --learner=matchingnet --fce --minutes=30
     python examples/omniglot_metric.py --minutes=0.05 --episodes=5 --hidden=8 --threads=1   # smoke test
     python examples/omniglot_metric.py --device=cuda --minutes=30     # torch on a GPU (the learner follows the model)
+    python examples/omniglot_metric.py --backend=tf --train_shots=1 --minutes=0 \
+        --init_weights=protonet_torch.safetensors     # evaluate a torch checkpoint in TF, without training
 
 The same runs through the command line (when ``dualmeta/cli.py`` has them): ``python -m dualmeta train
 --tasks=omniglot --learner=protonet ...``; this script is standalone and imports only the chosen backend.
@@ -36,7 +38,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _common import check_run_flags  # noqa: E402  (examples/_common.py)
+from _common import NOT_TRAINED, check_run_flags, load_init_weights  # noqa: E402  (examples/_common.py)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("backend", "torch", ["tf", "torch"], "Backend.")
@@ -107,18 +109,21 @@ def main(argv):
         raise app.UsageError(f"Expected a positive --threads; received --threads={FLAGS.threads}")
     backend.set_threads(FLAGS.backend, FLAGS.threads or 0)
     learner = build_learner(FLAGS.backend, FLAGS.learner)
+    initial = load_init_weights(learner)
     config = {name: FLAGS[name].value for name in (
         "backend", "learner", "minutes", "max_steps", "test_queries", "episodes", "hidden", "meta_lr",
-        "distance", "cosine_scale", "fce", "running_stats", "dtype", "seed", "eval_seed", "threads", "device")}
+        "distance", "cosine_scale", "fce", "running_stats", "dtype", "seed", "eval_seed", "threads", "device", "init_weights")}
     config.update(train_ways=ways, train_shots=shots, train_queries=queries, lr_decay_every=learner.lr_decay_every,
                   batch_norm_at_test="running statistics" if FLAGS.running_stats else "batch statistics")
     print(f"{FLAGS.backend} {FLAGS.learner}: training on {trainval.num_classes} classes, {ways}-way {shots}-shot "
           f"{queries}-query, for {FLAGS.minutes} min", flush=True)
     report = {"measured": budget.provenance("examples/omniglot_metric.py"), "config": config}
+    if initial is not None:
+        report["init_weights"] = {"path": os.path.abspath(FLAGS.init_weights), **initial}
     curve_tasks = ClassificationTasks(test, 5, 1, FLAGS.test_queries, seed=FLAGS.eval_seed)
     curve = (lambda: learner.evaluate(curve_tasks.episode(i) for i in range(FLAGS.curve_episodes)))
     try:
-        report["train"] = budget.train_for(
+        report["train"] = dict(NOT_TRAINED) if FLAGS.minutes == 0 else budget.train_for(
             learner, ClassificationTasks(trainval, ways, shots, queries, seed=FLAGS.seed), 1, FLAGS.minutes,
             max_steps=FLAGS.max_steps, log_every=FLAGS.log_every,
             curve=curve if FLAGS.curve_every > 0 else None, curve_every_s=60.0 * FLAGS.curve_every)

@@ -49,6 +49,25 @@ def _run(example: str, backend: str, out) -> subprocess.CompletedProcess:
     return run
 
 
+def _evaluate_in_the_other_backend(example: str, backend: str, out, *flags: str) -> None:
+    """``--minutes=0 --init_weights``: the other backend evaluates the checkpoint on the same test episodes
+    and gets the same accuracies (and losses, to float32 round-off)."""
+    other = "tf" if backend == "torch" else "torch"
+    run = subprocess.run([sys.executable, os.path.join(EXAMPLES, example), f"--backend={other}", "--minutes=0",
+                          "--init_weights=weights.safetensors", "--hidden=8", "--threads=1", "--episodes=2",
+                          "--curve_every=0", "--out=other.json", *flags], capture_output=True, text=True,
+                         timeout=600, cwd=out, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert run.returncode == 0, f"{example} --backend={other} --minutes=0 failed:\n{run.stderr[-3000:]}"
+    trained = json.loads((out / "metrics.json").read_text())
+    evaluated = json.loads((out / "other.json").read_text())
+    assert evaluated["train"]["steps"] == 0 and evaluated["init_weights"]["config"]["backend"] == backend
+    assert list(evaluated["test"]) == list(trained["test"])
+    for setting, result in trained["test"].items():
+        again = evaluated["test"][setting]
+        assert again["accuracy"]["mean"] == result["accuracy"]["mean"], setting
+        assert abs(again["loss"]["mean"] - result["loss"]["mean"]) <= 1e-4 * max(1.0, result["loss"]["mean"])
+
+
 def _conv4(backend: str, **kwargs):
     return importlib.import_module(f"{backend}_meta.models").conv4(hidden=8, **kwargs)
 
@@ -88,6 +107,7 @@ def test_omniglot_maml_example(backend, tmp_path):
     learner = metasgd.MetaSGD(_conv4(other, num_classes=5, downsample="stride", head="mean"))
     learner.set_weights(weights)
     assert {n for n in weights if n.startswith("inner_lrs.")}
+    _evaluate_in_the_other_backend("omniglot_maml.py", backend, tmp_path, "--learner=metasgd")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -105,3 +125,13 @@ def test_omniglot_metric_example(backend, tmp_path):
     weights, _ = load_weights(tmp_path / "weights.safetensors")
     other = "tf" if backend == "torch" else "torch"
     _conv4(other, downsample="maxpool", track_running_stats=True).set_weights(weights)
+    _evaluate_in_the_other_backend("omniglot_metric.py", backend, tmp_path)
+    if backend == "torch":  # bad --init_weights: one line naming the file, no traceback
+        run = subprocess.run([sys.executable, os.path.join(EXAMPLES, "omniglot_metric.py"), "--minutes=0",
+                              "--init_weights=metrics.json", "--hidden=8"], capture_output=True, text=True,
+                             timeout=600, cwd=tmp_path)
+        assert run.returncode == 1 and "--init_weights=metrics.json" in run.stderr
+        assert "Traceback" not in run.stderr
+    run = subprocess.run([sys.executable, os.path.join(EXAMPLES, "omniglot_metric.py"), "--minutes=0"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 1 and "0 only with --init_weights" in run.stderr
