@@ -262,10 +262,15 @@ def read_run(path: str, results_dir: str) -> Run:
     learner = field(data, path, "config.learner", str)
     backend = field(data, path, "config.backend", str)
     train = field(data, path, "train", dict)
+    suffix = ""  # of the plot group
     if learner in METRIC_LEARNERS or "train_ways" in config:
         script = "examples/omniglot_metric.py"
         ways, shots, queries = (field(data, path, f"config.train_{k}", int) for k in ("ways", "shots", "queries"))
         trained_on = f"{ways}-way {shots}-shot, {queries} queries/class"
+        scale = config.get("cosine_scale")
+        if _is_number(scale) and scale != 1 and (learner == "matchingnet" or config.get("distance") == "cosine"):
+            trained_on += f", cosine scale {scale:g}"  # runs that differ only in the scale get their own plots
+            suffix = f"_scale{scale:g}"
         curve_setting = config.get("curve_setting", "5w1s")  # omniglot_metric.py's curve: 5-way 1-shot
     else:
         script = "examples/omniglot_maml.py"
@@ -298,7 +303,7 @@ def read_run(path: str, results_dir: str) -> Run:
         raise ResultsError(f"{path}: expected 'train.eval_curve' as [[step, seconds, {{\"accuracy\": ...}}], ...]")
     return Run(
         path=shown, learner=learner, backend=backend, trained_on=trained_on,
-        group=f"{learner}_train{ways}w{shots}s{queries}q",
+        group=f"{learner}_train{ways}w{shots}s{queries}q{suffix}",
         minutes=field(data, path, "config.minutes", NUMBER), steps=field(data, path, "train.steps", int),
         seconds=field(data, path, "train.seconds", NUMBER),
         seconds_per_step=field(data, path, "train.seconds_per_step", NUMBER),

@@ -117,6 +117,16 @@ def test_training_shots_and_minibatches_are_shown(results, tmp_path):
     assert "## 5-way 1-shot" in page and "## 5-way 10-shot" not in page  # tested on the test shots
 
 
+def test_matching_nets_runs_with_another_cosine_scale_are_told_apart(results, tmp_path):
+    for scale in (1.0, 10.0):
+        run = old_protonet_file()
+        run["config"].update(learner="matchingnet", cosine_scale=scale, train_ways=5, train_shots=1, train_queries=15)
+        write(results / "omniglot" / f"matchingnet_{scale:g}.json", run)
+    page = (build(results, tmp_path) / "omniglot.md").read_text()
+    assert "| 5-way 1-shot, 15 queries/class | 30 min |" in page
+    assert "| 5-way 1-shot, 15 queries/class, cosine scale 10 | 30 min |" in page
+
+
 def test_old_file_without_provenance_gets_a_rebuilt_command_and_a_note(results, tmp_path):
     page = (build(results, tmp_path) / "omniglot.md").read_text()
     assert f"`{OLD_COMMAND}` {collect.REBUILT}" in page
