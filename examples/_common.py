@@ -1,6 +1,7 @@
 """Flags and checks shared by the Omniglot examples (a helper module, not an example: no smoke run of its own)."""
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -31,7 +32,8 @@ def check_run_flags(argv) -> None:
 
 
 def load_init_weights(learner) -> dict | None:
-    """Gives ``learner`` the weights of ``--init_weights`` if set; returns the file's metadata (None if unset).
+    """Gives ``learner`` the weights of ``--init_weights`` if set; returns the report entry (the file's absolute
+    path and metadata), None if unset.
 
     A missing, foreign or mismatched file ends the run with one line naming the file and the fix."""
     from dualmeta.weights import load_weights
@@ -45,4 +47,4 @@ def load_init_weights(learner) -> dict | None:
         sys.exit(f"error: --init_weights={FLAGS.init_weights}: {error}")
     print(f"weights from {FLAGS.init_weights} (trained by {metadata.get('config', {}).get('backend', '?')})",
           flush=True)
-    return metadata
+    return {"path": os.path.abspath(FLAGS.init_weights), **metadata}

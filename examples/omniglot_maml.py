@@ -109,7 +109,8 @@ def main(argv):
               "inner_batch_size": e.inner_batch_size, "meta_lr": e.meta_lr,
               "minutes": FLAGS.minutes, "max_steps": FLAGS.max_steps, "episodes": FLAGS.episodes,
               "hidden": e.hidden, "dtype": e.dtype, "seed": e.seed, "eval_seed": FLAGS.eval_seed,
-              "threads": FLAGS.threads or "default", "device": FLAGS.device, "init_weights": FLAGS.init_weights, "model": model_config,
+              "threads": FLAGS.threads or "default", "device": FLAGS.device,
+              "init_weights": FLAGS.init_weights, "model": model_config,
               "train_classes": trainval.num_classes,
               "test_classes": test.num_classes, "argv": sys.argv[1:]}
     print(f"{e.backend} {e.learner}: {e.ways}-way {e.shots}-shot, {trainval.num_classes} training classes, "
@@ -119,7 +120,7 @@ def main(argv):
     curve = (lambda: learner.evaluate(curve_tasks.episode(i) for i in range(FLAGS.curve_episodes)))
     report = {"measured": budget.provenance("examples/omniglot_maml.py"), "config": config}
     if initial is not None:
-        report["init_weights"] = {"path": os.path.abspath(FLAGS.init_weights), **initial}
+        report["init_weights"] = initial
     try:
         report["train"] = dict(NOT_TRAINED) if FLAGS.minutes == 0 else budget.train_for(
             learner, ClassificationTasks(trainval, e.ways, e.train_shots, e.train_queries, seed=e.seed),

@@ -119,7 +119,7 @@ def main(argv):
           f"{queries}-query, for {FLAGS.minutes} min", flush=True)
     report = {"measured": budget.provenance("examples/omniglot_metric.py"), "config": config}
     if initial is not None:
-        report["init_weights"] = {"path": os.path.abspath(FLAGS.init_weights), **initial}
+        report["init_weights"] = initial
     curve_tasks = ClassificationTasks(test, 5, 1, FLAGS.test_queries, seed=FLAGS.eval_seed)
     curve = (lambda: learner.evaluate(curve_tasks.episode(i) for i in range(FLAGS.curve_episodes)))
     try:
