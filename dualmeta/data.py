@@ -452,7 +452,7 @@ _NUM_OMNIGLOT_CHARACTERS = 1623
 
 SPLITS: dict[str, tuple[str, ...]] = {
     "vinyals": ("train", "val", "trainval", "test"),
-    "lake": ("background", "train", "evaluation", "test"),
+    "lake": ("background", "train", "val", "evaluation", "test"),
 }
 _DEFAULT_SUBSET = {"vinyals": "train", "lake": "background"}
 
@@ -474,8 +474,9 @@ def omniglot_split(split: str | os.PathLike = "vinyals", subset: str | None = No
         ``'lake'`` (Lake et al. 2015: background vs evaluation alphabets), or the path of a split file
         (see :func:`split_from_file`; then ``subset`` must be None).
       subset: vinyals: ``'train'`` (4112 classes with rotations), ``'val'`` (688), ``'trainval'`` (4800),
-        ``'test'`` (1692); lake: ``'background'``/``'train'`` (964 characters), ``'evaluation'``/``'test'``
-        (659). Default: ``'train'`` / ``'background'``.
+        ``'test'`` (1692); lake: ``'background'`` (964 characters, Lake's training set), ``'train'`` (the
+        background less the 5 Vinyals validation alphabets: 792 characters), ``'val'`` (those 5
+        alphabets: 172), ``'evaluation'``/``'test'`` (659). Default: ``'train'`` / ``'background'``.
       rotations: count the 90/180/270 degree rotations of every character as classes of their own;
         default True for vinyals, False for lake.
       images: an already loaded :class:`OmniglotImages` (else :func:`load_omniglot_images` with
@@ -503,7 +504,11 @@ def omniglot_split(split: str | os.PathLike = "vinyals", subset: str | None = No
     if images is None:
         images = load_omniglot_images(data_dir, image_size=image_size, cache_dir=cache_dir)
     if split == "lake":
-        keep = images.background if subset in ("background", "train") else ~images.background
+        keep = images.background if subset in ("background", "train", "val") else ~images.background
+        if subset in ("train", "val"):  # Lake's background set less / only the Vinyals validation alphabets
+            alphabet_of = np.array([name.split("/")[0] for name in images.names])
+            held_out = np.isin(alphabet_of, _VINYALS_VAL_ALPHABETS)
+            keep = keep & (held_out if subset == "val" else ~held_out)
         characters = np.flatnonzero(keep)
     else:
         characters = _vinyals_characters(images, subset)

@@ -215,10 +215,14 @@ class ClassificationTasks(_TaskSet):
                              f"examples per class; use shots + queries <= {dataset.examples_per_class}")
         self.dataset, self.ways, self.shots, self.queries, self.seed = dataset, ways, shots, queries, int(seed)
 
+    def classes(self, index: int) -> np.ndarray:
+        """The dataset classes (indices into ``dataset.sources``) that episode ``index`` draws, in order."""
+        return episode_rng(self.seed, index).choice(self.dataset.num_classes, size=self.ways, replace=False)
+
     def episode(self, index: int) -> Episode:
         data, ways, shots, queries = self.dataset, self.ways, self.shots, self.queries
         rng = episode_rng(self.seed, index)
-        classes = rng.choice(data.num_classes, size=ways, replace=False)
+        classes = rng.choice(data.num_classes, size=ways, replace=False)  # = self.classes(index)
         per_class = data.examples_per_class
         examples = np.stack([rng.choice(per_class, size=shots + queries, replace=False) for _ in range(ways)])
         images = data.images[data.sources[classes][:, None], examples]  # (ways, shots+queries, H, W, C)

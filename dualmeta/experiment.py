@@ -148,10 +148,10 @@ class Experiment:
         from dualmeta import data  # local: Pillow and the zip readers only for Omniglot
         from dualmeta.episodes import ClassificationTasks
 
+        # Validation classes are held out of training (dualmeta.protocol): for Lake's split, the 5 Vinyals
+        # validation alphabets of the background set.
         subset = {"vinyals": {"train": "train", "val": "val", "eval": "test"},
-                  # Lake's split has no validation alphabets: validation episodes come from the
-                  # background characters, with their own seed.
-                  "lake": {"train": "background", "val": "background", "eval": "evaluation"}}[self.split][role]
+                  "lake": {"train": "train", "val": "val", "eval": "evaluation"}}[self.split][role]
         dataset = data.omniglot_split(self.split, subset, data_dir=self.data_dir, image_size=IMAGE_SIZE)
         return ClassificationTasks(dataset, ways=ways, shots=shots, queries=queries, seed=seed)
 

@@ -143,3 +143,40 @@ def test_twins_round_trip_learner_tensors():
     state = twins["torch"].get_optimizer_state()
     twins["tf"].set_optimizer_state(state)
     assert all(np.array_equal(twins["tf"].get_optimizer_state()[n], state[n]) for n in state)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("learner", ["maml", "anil"])
+def test_support_statistics_evaluation(learner, dtype):
+    """``test_norm='support'`` (batch norm from the support rows): the same query losses and accuracies in
+    both backends, different from the transductive default, and each query's output independent of the
+    other queries."""
+    twins, tasks = _twins(learner, "omniglot", dtype), _tasks("omniglot")
+    for b in twins:
+        twins[b].meta_train_step(tasks.batch(0, 2))
+    episodes = tasks.take(3, start=50)
+    results = {}
+    for norm in ("query", "support"):
+        for b in twins:
+            twins[b].test_norm = norm
+        results[norm] = {b: twins[b].evaluate(episodes) for b in twins}
+        assert_quantity_close("loss", dtype, {"loss": results[norm]["tf"]["loss"]["mean"]},
+                              {"loss": results[norm]["torch"]["loss"]["mean"]})
+        assert results[norm]["tf"]["accuracy"]["mean"] == results[norm]["torch"]["accuracy"]["mean"]
+    assert abs(results["query"]["torch"]["loss"]["mean"] - results["support"]["torch"]["loss"]["mean"]) > 1e-6
+    # Not transductive: the loss of the whole query set is the mean of the queries' losses scored one by
+    # one (each query alone with the support set); with query-set statistics it is not.
+    episode = episodes[0]
+    alone = [episode._replace(query_x=episode.query_x[k:k + 1], query_y=episode.query_y[k:k + 1])
+             for k in range(len(episode.query_y))]
+    for b in twins:
+        for norm in ("support", "query"):
+            twins[b].test_norm = norm
+            together = twins[b].evaluate([episode])["loss"]["mean"]
+            one_by_one = twins[b].evaluate(alone)["loss"]["mean"]
+            if norm == "support":
+                assert together == pytest.approx(one_by_one, rel=1e-5 if dtype == "float32" else 1e-12)
+            else:
+                assert abs(together - one_by_one) > 1e-4 * abs(together)
+        with pytest.raises(ValueError, match=r"Expected one of \['query', 'support'\]; received test_norm='running'"):
+            twins[b].test_norm = "running"

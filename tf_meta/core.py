@@ -16,11 +16,12 @@ from dualmeta.metrics import summarize
 from dualmeta.weights import check_weights
 from tf_meta.models import _FROM_NEUTRAL, _TO_NEUTRAL
 
-__all__ = ["OPTIMIZERS", "INNER_REDUCTIONS", "Optimizer", "Learner", "as_tensor", "task_loss",
+__all__ = ["OPTIMIZERS", "INNER_REDUCTIONS", "TEST_NORMS", "Optimizer", "Learner", "as_tensor", "task_loss",
            "task_accuracy", "is_classification"]
 
 OPTIMIZERS = ("adam", "sgd")
 INNER_REDUCTIONS = ("mean", "sum_per_shot")
+TEST_NORMS = ("query", "support")  # batch-norm statistics at test: see Learner
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8  # PyTorch's default; Keras' is 1e-7. Passed explicitly in both backends.
 
@@ -123,6 +124,13 @@ class Learner:
     * ``evaluate(episodes, steps=None)`` -> ``{"loss": {"mean", "ci95", "n"}, "accuracy": {...}}``;
     * ``get_weights()`` / ``set_weights(d)`` in the neutral format (model tensors plus learner tensors);
     * ``get_optimizer_state()`` / ``set_optimizer_state(d)`` for checkpoints.
+
+    ``test_norm`` says where batch norm takes its statistics when a model without running statistics
+    scores a query set (``evaluate``): ``'query'`` (default) from the query set itself, as Finn et al.'s
+    code does - transductive, a query's prediction depends on the other queries; ``'support'`` from the
+    support set (the adapted weights run on support and queries together, the statistics come from the
+    support rows) - each query is classified from the support set and itself alone. Models that track
+    running statistics use those at test whatever ``test_norm`` says.
     """
 
     def __init__(self, model, meta_lr: float = 1e-3, meta_optimizer: str = "adam"):
@@ -132,7 +140,18 @@ class Learner:
         self.extra_kinds: dict[str, str] = {}  # their layout kind ('conv', 'dense', ...)
         self.meta_lr, self.meta_optimizer = meta_lr, meta_optimizer
         self._optimizer = None
+        self.test_norm = "query"
         self._compiled = {}
+
+    @property
+    def test_norm(self) -> str:
+        return self._test_norm
+
+    @test_norm.setter
+    def test_norm(self, value: str) -> None:
+        if value not in TEST_NORMS:
+            raise ValueError(f"Expected one of {list(TEST_NORMS)}; received test_norm={value!r}")
+        self._test_norm = value
 
     # -- parameters ---------------------------------------------------------------------------------
     def model_parameters(self) -> dict[str, tf.Variable]:
@@ -199,12 +218,20 @@ class Learner:
         """Loss (and accuracy) on the query set after adapting on the support set."""
         from tf_meta.models import functional_call
 
+        norm = self.test_norm
+
         def metrics(sx, sy, qx, qy):
-            out = functional_call(self.model, self._adapted(sx, sy, steps), qx, training=False)
+            weights = self._adapted(sx, sy, steps)
+            if norm == "support":  # statistics of the support rows, applied to the queries
+                n = sx.shape[0]
+                out = functional_call(self.model, weights, tf.concat([sx, qx], 0), training=False,
+                                      stats_rows=n)[n:]
+            else:
+                out = functional_call(self.model, weights, qx, training=False)
             return task_loss(out, qy), (task_accuracy(out, qy) if is_classification(qy) else tf.zeros((), out.dtype))
 
         _, _, _, qy = tensors = self._tensors(episode)
-        loss, acc = self._compile(("metrics", steps), metrics)(*tensors)
+        loss, acc = self._compile(("metrics", steps, norm), metrics)(*tensors)
         return {"loss": float(loss), "accuracy": float(acc)} if is_classification(qy) else {"loss": float(loss)}
 
     def _adapted(self, support_x: tf.Tensor, support_y: tf.Tensor, steps: int | None) -> dict[str, tf.Tensor]:

@@ -81,6 +81,8 @@ class BatchNorm(_Param):
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the biased batch variance
     ``var = mean((x - mean)^2)``; the gradient flows through both statistics. Running statistics (with
     the unbiased variance, as in PyTorch) are kept only if the model tracks them, and used in inference.
+    ``stats_rows=n`` takes the batch statistics from the first ``n`` rows only and applies them to every
+    row (support-set statistics at test: see ``Learner.test_norm``); running statistics are not updated then.
     """
 
     def __init__(self, spec, prefix, eps: float = NORM_EPS, momentum: float = NORM_MOMENTUM, **kwargs):
@@ -88,8 +90,12 @@ class BatchNorm(_Param):
         self.eps, self.momentum = eps, momentum
         self.track_running_stats = "running_mean" in self.neutral
 
-    def call(self, x, training=False):
-        if training or not self.track_running_stats:
+    def call(self, x, training=False, stats_rows=None):
+        if stats_rows is not None and (training or not self.track_running_stats):
+            ref = x[:stats_rows]  # statistics of the first rows only; no running update
+            mean = tf.reduce_mean(ref, axis=(0, 1, 2), keepdims=True)
+            var = tf.reduce_mean(tf.square(ref - mean), axis=(0, 1, 2), keepdims=True)
+        elif training or not self.track_running_stats:
             mean = tf.reduce_mean(x, axis=(0, 1, 2), keepdims=True)
             var = tf.reduce_mean(tf.square(x - mean), axis=(0, 1, 2), keepdims=True)
             if training and self.track_running_stats:
@@ -145,7 +151,7 @@ class MLP(_Weights, keras.Model):
         self._param_layers = self.dense_layers
         self.activation = _ACTIVATIONS[spec.config["activation"]]
 
-    def call(self, x, training=False):
+    def call(self, x, training=False, stats_rows=None):  # no norm: stats_rows is ignored
         for i, layer in enumerate(self.dense_layers):
             x = layer(x)
             if i < len(self.dense_layers) - 1:
@@ -171,10 +177,10 @@ class Conv4(_Weights, keras.Model):
         self._param_layers = self.convs + self.norms + ([self.head] if self.head is not None else [])
         self.activation = _ACTIVATIONS[cfg["activation"]]
 
-    def embed(self, x, training=False):
+    def embed(self, x, training=False, stats_rows=None):
         """NHWC images -> feature vectors (before the classifier)."""
         for conv, norm in zip(self.convs, self.norms):
-            x = self.activation(norm(conv(x), training=training))
+            x = self.activation(norm(conv(x), training=training, stats_rows=stats_rows))
             if self.spec.config["downsample"] == "maxpool":
                 x = tf.nn.max_pool2d(x, 2, 2, "VALID")
         if self.spec.config["head"] == "flatten":
@@ -182,8 +188,8 @@ class Conv4(_Weights, keras.Model):
             return tf.reshape(x, (tf.shape(x)[0], -1))
         return tf.reduce_mean(x, axis=(1, 2))
 
-    def call(self, x, training=False):
-        features = self.embed(x, training=training)
+    def call(self, x, training=False, stats_rows=None):
+        features = self.embed(x, training=training, stats_rows=stats_rows)
         return features if self.head is None else self.head(features)
 
 
@@ -219,14 +225,17 @@ def conv4(in_channels: int = 1, hidden: int = 64, num_classes: int | None = None
 
 
 def functional_call(model: keras.Model, params: Mapping[str, tf.Tensor], x: tf.Tensor,
-                    training: bool = True) -> tf.Tensor:
+                    training: bool = True, stats_rows: int | None = None) -> tf.Tensor:
     """Runs ``model`` on ``x`` with ``params`` (neutral names, Keras layouts) in place of its variables.
 
     Uses Keras' ``stateless_call``. Batch norm uses batch statistics when ``training``; the running
     statistics it would update are discarded, so the call is a pure function of ``params`` and ``x``.
+    ``stats_rows=n``: batch statistics from the first ``n`` rows of ``x`` only (a model without running
+    statistics).
     """
     names = {id(variable): name for name, variable in model.neutral_variables().items()}
     trainable = [params[names[id(v)]] if names[id(v)] in params else v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
-    outputs, _ = model.stateless_call(trainable, non_trainable, x, training=training)
+    kwargs = {} if stats_rows is None else {"stats_rows": int(stats_rows)}
+    outputs, _ = model.stateless_call(trainable, non_trainable, x, training=training, **kwargs)
     return outputs

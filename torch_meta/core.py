@@ -21,11 +21,12 @@ from dualmeta.episodes import Episode
 from dualmeta.metrics import summarize
 from dualmeta.weights import check_weights
 
-__all__ = ["OPTIMIZERS", "INNER_REDUCTIONS", "Optimizer", "Learner", "as_tensor", "task_loss",
+__all__ = ["OPTIMIZERS", "INNER_REDUCTIONS", "TEST_NORMS", "Optimizer", "Learner", "as_tensor", "task_loss",
            "task_accuracy", "is_classification"]
 
 OPTIMIZERS = ("adam", "sgd")
 INNER_REDUCTIONS = ("mean", "sum_per_shot")
+TEST_NORMS = ("query", "support")  # batch-norm statistics at test: see Learner
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8  # PyTorch's default; Keras' is 1e-7. Passed explicitly in both backends.
 
@@ -128,6 +129,13 @@ class Learner:
     * ``evaluate(episodes, steps=None)`` -> ``{"loss": {"mean", "ci95", "n"}, "accuracy": {...}}``;
     * ``get_weights()`` / ``set_weights(d)`` in the neutral format (model tensors plus learner tensors);
     * ``get_optimizer_state()`` / ``set_optimizer_state(d)`` for checkpoints.
+
+    ``test_norm`` says where batch norm takes its statistics when a model without running statistics
+    scores a query set (``evaluate``): ``'query'`` (default) from the query set itself, as Finn et al.'s
+    code does - transductive, a query's prediction depends on the other queries; ``'support'`` from the
+    support set (the adapted weights run on support and queries together, the statistics come from the
+    support rows) - each query is classified from the support set and itself alone. Models that track
+    running statistics use those at test whatever ``test_norm`` says.
     """
 
     def __init__(self, model: torch.nn.Module, meta_lr: float = 1e-3, meta_optimizer: str = "adam"):
@@ -137,6 +145,17 @@ class Learner:
         self.extra: dict[str, torch.Tensor] = {}  # learner tensors (e.g. Meta-SGD's rates), neutral names
         self.meta_lr, self.meta_optimizer = meta_lr, meta_optimizer
         self._optimizer = None
+        self.test_norm = "query"
+
+    @property
+    def test_norm(self) -> str:
+        return self._test_norm
+
+    @test_norm.setter
+    def test_norm(self, value: str) -> None:
+        if value not in TEST_NORMS:
+            raise ValueError(f"Expected one of {list(TEST_NORMS)}; received test_norm={value!r}")
+        self._test_norm = value
 
     # -- parameters ---------------------------------------------------------------------------------
     def model_parameters(self) -> dict[str, torch.Tensor]:
@@ -211,9 +230,13 @@ class Learner:
         """Loss (and accuracy) on the query set after adapting on the support set."""
         weights = self.adapt(episode, steps)
         from torch_meta.models import functional_call
-        _, _, qx, qy = self._tensors(episode)
+        sx, _, qx, qy = self._tensors(episode)
         with torch.no_grad():
-            out = functional_call(self.model, weights, qx, training=False)
+            if self.test_norm == "support":  # statistics of the support rows, applied to the queries
+                out = functional_call(self.model, weights, torch.cat([sx, qx]), training=False,
+                                      stats_rows=len(sx))[len(sx):]
+            else:
+                out = functional_call(self.model, weights, qx, training=False)
             metrics = {"loss": float(task_loss(out, qy))}
             if is_classification(qy):
                 metrics["accuracy"] = float(task_accuracy(out, qy))

@@ -41,6 +41,8 @@ class BatchNorm(nn.Module):
     ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the biased batch variance
     ``var = mean((x - mean)^2)``; the gradient flows through both statistics. Running statistics (with
     the unbiased variance, as in PyTorch) are kept only if ``track_running_stats``, and used in eval mode.
+    ``stats_rows=n`` takes the batch statistics from the first ``n`` rows only and applies them to every
+    row (support-set statistics at test: see ``Learner.test_norm``); running statistics are not updated then.
     """
 
     def __init__(self, channels: int, eps: float = NORM_EPS, momentum: float = NORM_MOMENTUM,
@@ -53,10 +55,15 @@ class BatchNorm(nn.Module):
             self.register_buffer("running_mean", torch.zeros(channels))
             self.register_buffer("running_var", torch.ones(channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
         # PyTorch's fused kernel computes exactly this formula (and its second derivatives): biased batch
         # variance for the normalisation, the unbiased one for the running variance, update-rate momentum.
         batch_stats = self.training or not self.track_running_stats
+        if stats_rows is not None and batch_stats:  # statistics of the first rows only; no running update
+            ref = x[:stats_rows]
+            mean = ref.mean(dim=(0, 2, 3), keepdim=True)
+            var = (ref - mean).square().mean(dim=(0, 2, 3), keepdim=True)
+            return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
         running = self.training and self.track_running_stats
         return F.batch_norm(x, self.running_mean if running or not batch_stats else None,
                             self.running_var if running or not batch_stats else None, self.weight, self.bias,
@@ -92,7 +99,7 @@ class MLP(_Weights, nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.activation = _ACTIVATIONS[cfg["activation"]]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:  # no norm: ignored
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
@@ -107,8 +114,8 @@ class _Block(nn.Module):
         self.conv = nn.Conv2d(c_in, c_out, 3, stride=2 if downsample == "stride" else 1, padding=1, bias=False)
         self.norm = BatchNorm(c_out, track_running_stats=track_running_stats)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.activation(self.norm(self.conv(x)))
+    def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
+        x = self.activation(self.norm(self.conv(x), stats_rows))
         return F.max_pool2d(x, 2) if self.downsample == "maxpool" else x
 
 
@@ -129,15 +136,15 @@ class Conv4(_Weights, nn.Module):
         if cfg["num_classes"] is not None:
             self.head = nn.Linear(spec.tensors["head.weight"].shape[1], cfg["num_classes"])
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
         """NHWC images -> feature vectors (before the classifier)."""
         x = x.permute(0, 3, 1, 2)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, stats_rows)
         return x.flatten(1) if self.spec.config["head"] == "flatten" else x.mean(dim=(2, 3))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.embed(x)
+    def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
+        features = self.embed(x, stats_rows)
         return features if self.head is None else self.head(features)
 
 
@@ -171,11 +178,12 @@ def conv4(in_channels: int = 1, hidden: int = 64, num_classes: int | None = None
 
 
 def functional_call(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor,
-                    training: bool = True) -> torch.Tensor:
+                    training: bool = True, stats_rows: int | None = None) -> torch.Tensor:
     """Runs ``model`` on ``x`` with ``params`` (neutral names) in place of its parameters.
 
     Batch norm uses batch statistics when ``training`` and never updates running statistics here, so
-    the call is a pure function of ``params`` and ``x`` (what MAML's inner loop needs).
+    the call is a pure function of ``params`` and ``x`` (what MAML's inner loop needs). ``stats_rows=n``:
+    batch statistics from the first ``n`` rows of ``x`` only (a model without running statistics).
     """
     was_training = model.training
     model.train(training)
@@ -184,7 +192,8 @@ def functional_call(model: nn.Module, params: Mapping[str, torch.Tensor], x: tor
         if training:
             # Detach running-statistics updates from the caller: use scratch copies.
             buffers = {name: buf.clone() for name, buf in buffers.items()}
-        return torch.func.functional_call(model, {**buffers, **params}, (x,))
+        kwargs = {} if stats_rows is None else {"stats_rows": int(stats_rows)}
+        return torch.func.functional_call(model, {**buffers, **params}, (x,), kwargs)
     finally:
         model.train(was_training)
 
