@@ -13,6 +13,9 @@ the classes it is scored on. This module writes the rule once, for every script 
   papers' final runs do; there is then no validation set.
 * **Curves, pilots and early stopping use the validation set**; the test episodes are scored once, at
   the end (:data:`ROLES`).
+* **Transductive or not**: every row says where batch norm takes its statistics at test
+  (:data:`BATCH_NORM_AT_TEST`): the running statistics of training, the support set, or the query set
+  itself (transductive: a query's prediction depends on the other queries, as in Finn et al.'s MAML).
 * **Lake's 20 one-shot runs** are meant for models trained on Lake's background set. Their images are
   pixel for pixel images of the Omniglot zips, so :func:`lake_run_characters` finds the character of each
   one, and :func:`held_out_lake_runs` keeps only the runs none of whose 40 characters is in the training
@@ -36,7 +39,7 @@ import numpy as np
 
 from dualmeta.episodes import ClassDataset, ClassificationTasks, Episode
 
-__all__ = ["ROLES", "TRAIN_ON", "Protocol", "omniglot_protocol", "characters", "check_disjoint",
+__all__ = ["ROLES", "BATCH_NORM_AT_TEST", "TRAIN_ON", "Protocol", "omniglot_protocol", "characters", "check_disjoint",
            "characters_drawn", "lake_run_characters", "held_out_lake_runs", "ProtocolError"]
 
 # What each set of classes is for.
@@ -44,6 +47,12 @@ ROLES = {
     "train": "meta-training episodes",
     "val": "learning curves, pilot runs, early stopping and recipe choices",
     "test": "the published figure, scored once at the end of a run",
+}
+# Where batch norm takes its statistics when a test episode is scored (a results row states it).
+BATCH_NORM_AT_TEST = {
+    "running": "running statistics (not transductive)",
+    "support": "support-set statistics (not transductive)",
+    "query": "query-set batch statistics (transductive)",
 }
 # split -> {train_on: (training subset, validation subset or None)}, test subset
 TRAIN_ON = {"vinyals": {"train": ("train", "val"), "trainval": ("trainval", None)},
@@ -174,19 +183,20 @@ def lake_run_characters(runs: Sequence[Episode], images) -> list[tuple[list[str]
     return found
 
 
-def held_out_lake_runs(train: ClassDataset, images=None, data_dir: str | os.PathLike | None = None,
+def held_out_lake_runs(train: ClassDataset | set[str], images=None, data_dir: str | os.PathLike | None = None,
                        image_size: int = 28) -> tuple[list[Episode], list[int], list[int]]:
     """Lake's one-shot runs that share no character with ``train``: ``(episodes, kept, excluded)``.
 
-    ``kept`` and ``excluded`` are run numbers (1-20). A run is kept only if none of its 20 support and
-    20 query characters is a training character.
+    ``train``: the training classes, or the set of character names the model has seen. ``kept`` and
+    ``excluded`` are run numbers (1-20). A run is kept only if none of its 20 support and 20 query
+    characters is a training character.
     """
     from dualmeta import data
 
     if images is None:
         images = data.load_omniglot_images(data_dir, image_size=image_size)
     runs = data.lake_one_shot_runs(data_dir, image_size=images.image_size)
-    trained = characters(train)
+    trained = set(train) if isinstance(train, (set, frozenset)) else characters(train)
     kept, excluded, episodes = [], [], []
     for number, (run, (support, query)) in enumerate(zip(runs, lake_run_characters(runs, images)), start=1):
         if trained.isdisjoint(support) and trained.isdisjoint(query):

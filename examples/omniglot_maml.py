@@ -5,21 +5,30 @@ baseline, in either backend. Defaults follow Finn et al. 2017 and the original c
 (64 channels, features averaged over space), 5-way 1-shot tasks with **one query per class** in training
 (as the original code; 15 per class at test), meta-batch 32, one inner SGD step of 0.4 in training and
 three at test, the support loss summed and divided by the shots (``inner_reduction='sum_per_shot'``),
-Adam 1e-3. Reptile: 5 inner steps, meta step 1.0 (plain SGD on ``theta - phi``). Training uses the
-Vinyals et al. train+val characters (1200, x4 rotations = 4800 classes), as the original MAML code
-(1200 training characters); no model selection happens, the last weights are evaluated.
+Adam 1e-3. Reptile: 5 inner steps, meta step 1.0 (plain SGD on ``theta - phi``). No model selection
+happens, the last weights are evaluated.
 
-Evaluation: ``--episodes`` fixed N-way K-shot episodes (the training ways and shots; 15 queries per class)
-on the 1692 test classes (characters 1201-1623 with rotations), the same in every run and backend, mean
-accuracy with a 95% confidence interval. With ``--curve_every`` > 0 an accuracy curve on the first
-``--curve_episodes`` of those episodes is measured during training (excluded from the time budget; it is
-only reported, never used to pick weights). Everything goes to a JSON file (``--out``), the weights (neutral
+The protocol (``dualmeta.protocol``; ``--split``, ``--train_on``, ``--evaluate_on``): training, validation
+and test classes share no character. By default the run trains on the Vinyals training alphabets (4112
+classes with rotations), measures its accuracy curve (``--curve_every`` > 0; excluded from the time budget,
+only reported) on ``--curve_episodes`` episodes of the 5 validation alphabets, and scores the test classes
+(characters 1201-1623 with rotations, 1692 classes) once, at the end. ``--train_on=trainval`` trains on the
+1200 train+val characters (4800 classes) as the original MAML code, with no curve; ``--evaluate_on=val``
+makes a pilot run that draws no test episode.
+
+Evaluation: ``--episodes`` fixed N-way K-shot episodes (the training ways and shots; 15 queries per class),
+the same in every run and backend, mean accuracy with a 95% confidence interval. Batch norm at test
+(``--test_norm``): ``query`` normalises the queries with their own batch statistics (transductive, as
+Finn et al.'s code); ``support`` with the support set's, so each query is classified from the support set
+and itself alone (``--test_norm=query,support`` scores both on the same weights). Everything goes to a JSON file (``--out``), the weights (neutral
 format) to ``--checkpoint``.
 
     python examples/omniglot_maml.py --backend=torch --minutes=30 --out=results/omniglot/maml_5w1s_torch.json
     python examples/omniglot_maml.py --backend=tf --learner=fomaml --minutes=10
     python examples/omniglot_maml.py --ways=20 --inner_lr=0.1 --inner_steps=5 --test_inner_steps=5 \\
         --meta_batch_size=16                                      # the paper's 20-way setting
+    python examples/omniglot_maml.py --test_norm=query,support --minutes=10        # transductive and not
+    python examples/omniglot_maml.py --learner=reptile --inner_reduction=mean --evaluate_on=val --minutes=3  # pilot
     python examples/omniglot_maml.py --minutes=0.05 --episodes=3 --hidden=8 --threads=1   # smoke test
     python examples/omniglot_maml.py --device=cuda --minutes=30       # torch on a GPU (the learner follows the model)
     python examples/omniglot_maml.py --backend=tf --minutes=0 --init_weights=maml_torch.safetensors  # evaluate only
@@ -34,7 +43,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _common import NOT_TRAINED, check_run_flags, load_init_weights  # noqa: E402  (examples/_common.py)
+from _common import (NOT_TRAINED, check_run_flags, load_init_weights, protocol_record,  # noqa: E402
+                     run_protocol, trained_characters)  # (examples/_common.py)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("backend", "torch", ["tf", "torch"], "Backend.")
@@ -57,6 +67,9 @@ flags.DEFINE_integer("inner_batch_size", None, "reptile: support examples per in
                      "minibatches; default: the whole support set).")
 flags.DEFINE_float("meta_lr", None, "Meta learning rate (default Adam 1e-3; reptile SGD 1.0).")
 flags.DEFINE_integer("episodes", 600, "Test episodes.")
+flags.DEFINE_list("test_norm", ["query"], "Batch-norm statistics at test, one evaluation each (the first is the "
+                  "run's figure): query (the query set's own: transductive, as Finn et al.), support (the support "
+                  "set's: not transductive). E.g. --test_norm=query,support.")
 flags.DEFINE_float("curve_every", 3.0, "Minutes of training between points of the accuracy curve (0: none).")
 flags.DEFINE_integer("curve_episodes", 100, "Test episodes per point of the accuracy curve.")
 flags.DEFINE_integer("hidden", 64, "Convolution channels.")
@@ -74,7 +87,7 @@ flags.DEFINE_string("device", "cpu", "torch device: cpu, cuda, cuda:N or mps (to
 
 def main(argv):
     check_run_flags(argv)
-    from dualmeta import backend, budget, data
+    from dualmeta import backend, budget, data, protocol
     from dualmeta.episodes import ClassificationTasks
     from dualmeta.experiment import OMNIGLOT_DRAWINGS, resolve
     from dualmeta.weights import atomic_write, save_weights
@@ -97,9 +110,13 @@ def main(argv):
                                    seed=FLAGS.seed, learner_args=experiment.learner_args(), device=FLAGS.device)
     initial = load_init_weights(learner)
 
+    norms = list(dict.fromkeys(FLAGS.test_norm))
+    for norm in norms:
+        if norm not in ("query", "support"):
+            raise app.UsageError(f"Expected --test_norm values among ['query', 'support']; received {norm!r}")
     images = data.load_omniglot_images(FLAGS.data_dir, image_size=28)
-    trainval = data.omniglot_split("vinyals", "trainval", images=images)
-    test = data.omniglot_split("vinyals", "test", images=images)
+    chosen, final, final_role = run_protocol(images)
+    trained_characters(chosen, initial, images)  # refuses --init_weights trained on the test classes
     e = experiment
     config = {"backend": e.backend, "learner": e.learner, "ways": e.ways, "shots": e.shots,
               "train_shots": e.train_shots, "train_queries": e.train_queries,
@@ -111,27 +128,41 @@ def main(argv):
               "hidden": e.hidden, "dtype": e.dtype, "seed": e.seed, "eval_seed": FLAGS.eval_seed,
               "threads": FLAGS.threads or "default", "device": FLAGS.device,
               "init_weights": FLAGS.init_weights, "model": model_config,
-              "train_classes": trainval.num_classes,
-              "test_classes": test.num_classes, "argv": sys.argv[1:]}
-    print(f"{e.backend} {e.learner}: {e.ways}-way {e.shots}-shot, {trainval.num_classes} training classes, "
-          f"meta-batch {e.meta_batch_size}, {FLAGS.minutes} min", flush=True)
+              "split": FLAGS.split, "train_on": FLAGS.train_on, "evaluate_on": FLAGS.evaluate_on,
+              "test_norm": norms[0], "batch_norm_at_test": protocol.BATCH_NORM_AT_TEST[norms[0]],
+              "train_classes": chosen.train.num_classes,
+              "test_classes": chosen.test.num_classes, "argv": sys.argv[1:]}
+    print(f"{e.backend} {e.learner}: {e.ways}-way {e.shots}-shot, {chosen.train.num_classes} training classes "
+          f"({chosen.label()}), meta-batch {e.meta_batch_size}, {FLAGS.minutes} min", flush=True)
 
-    curve_tasks = ClassificationTasks(test, e.ways, e.shots, FLAGS.test_queries, seed=FLAGS.eval_seed)
+    # The curve uses the validation classes, never the test classes (dualmeta.protocol); the curve's batch
+    # norm is the run's first --test_norm.
+    learner.test_norm = norms[0]
+    curve_tasks = (ClassificationTasks(chosen.val, e.ways, e.shots, FLAGS.test_queries, seed=FLAGS.eval_seed)
+                   if FLAGS.curve_every > 0 and FLAGS.minutes > 0 else None)
     curve = (lambda: learner.evaluate(curve_tasks.episode(i) for i in range(FLAGS.curve_episodes)))
-    report = {"measured": budget.provenance("examples/omniglot_maml.py"), "config": config}
+    report = {"measured": budget.provenance("examples/omniglot_maml.py"), "config": config,
+              "protocol": protocol_record(chosen, curve_tasks, FLAGS.curve_episodes, final_role)}
     if initial is not None:
         report["init_weights"] = initial
     try:
         report["train"] = dict(NOT_TRAINED) if FLAGS.minutes == 0 else budget.train_for(
-            learner, ClassificationTasks(trainval, e.ways, e.train_shots, e.train_queries, seed=e.seed),
+            learner, ClassificationTasks(chosen.train, e.ways, e.train_shots, e.train_queries, seed=e.seed),
             e.meta_batch_size, FLAGS.minutes, max_steps=FLAGS.max_steps, log_every=FLAGS.log_every,
-            curve=curve if FLAGS.curve_every > 0 else None, curve_every_s=60.0 * FLAGS.curve_every)
+            curve=curve if curve_tasks is not None else None, curve_every_s=60.0 * FLAGS.curve_every)
     except FloatingPointError as error:
         sys.exit(f"error: {error}")
     t = report["train"]
     print(f"trained {t['steps']} meta-steps in {t['seconds']} s ({t['seconds_per_step']} s/step)", flush=True)
-    report["test"] = budget.evaluate_settings(learner, test, [(e.ways, e.shots)], FLAGS.test_queries,
-                                              FLAGS.episodes, FLAGS.eval_seed)
+    for i, norm in enumerate(norms):  # the first is the run's figure; the others are extra rows
+        learner.test_norm = norm
+        print(f"batch norm at test: {protocol.BATCH_NORM_AT_TEST[norm]}", flush=True)
+        result = budget.evaluate_settings(learner, final, [(e.ways, e.shots)], FLAGS.test_queries,
+                                          FLAGS.episodes, FLAGS.eval_seed)
+        if i == 0:
+            report[final_role] = result
+        else:
+            report.setdefault(f"{final_role}_other_norms", {})[norm] = result
     if FLAGS.checkpoint:
         save_weights(FLAGS.checkpoint, learner.get_weights(), metadata={"config": config, "steps": t["steps"]})
         report["checkpoint"] = os.path.abspath(FLAGS.checkpoint)

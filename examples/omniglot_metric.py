@@ -1,7 +1,15 @@
 """Prototypical / Matching Networks on Omniglot: train for a time budget, then the standard evaluations.
 
-Training: Vinyals et al.'s train+val characters (``omniglot_split('vinyals', 'trainval')``, 4800 classes
-with rotations), one episode per step; ProtoNet by default as Snell et al. 2017: 60-way 5-shot 5-query
+The protocol (``dualmeta.protocol``; ``--split``, ``--train_on``, ``--evaluate_on``): training classes,
+validation classes and test classes share no character. By default the run trains on the Vinyals
+training alphabets (4112 classes with rotations), draws its accuracy curve from the 5 validation alphabets
+(688 classes) and scores the test classes (characters 1201-1623, 1692 classes with rotations) once, at the
+end. ``--train_on=trainval`` trains on train and val together (the papers' final runs; no curve then);
+``--split=lake`` trains on Lake's background alphabets (less the same 5 for validation, or all of them with
+``--train_on=background``) and tests on Lake's evaluation alphabets. ``--evaluate_on=val`` makes a pilot
+run: the final evaluation is on the validation classes and no test episode is drawn.
+
+Training, one episode per step; ProtoNet by default as Snell et al. 2017: 60-way 5-shot 5-query
 episodes, Adam 1e-3 halved every 2000 episodes, a conv4 max-pool encoder (64 channels, 64-d embedding)
 with squared Euclidean distances. MatchingNet trains on 5-way 1-shot 15-query episodes (Vinyals et al.
 match training and test conditions); ``--fce`` adds full-context embeddings.
@@ -11,14 +19,17 @@ them, as the papers' code does (``model.eval()``), so a test episode's predictio
 other images of the episode. ``--norunning_stats`` evaluates with the batch statistics of each episode
 (transductive).
 
-Evaluation, on the 1692 test classes (characters 1201-1623 with rotations) with 15 queries per class:
-5-way 1-shot, 5-way 5-shot, 20-way 1-shot and 20-way 5-shot, ``--episodes`` fixed episodes each (the same
-in every run and backend), mean accuracy with a 95% confidence interval; then Lake et al.'s 20 one-shot
-runs (20-way 1-shot, 20 queries each) as an error rate. Everything goes to a JSON file (``--out``) and
-the trained weights, in the neutral format, to ``--checkpoint`` if given (they load in either backend).
+Evaluation with 15 queries per class: 5-way 1-shot, 5-way 5-shot, 20-way 1-shot and 20-way 5-shot,
+``--episodes`` fixed episodes each (the same in every run and backend), mean accuracy with a 95% confidence
+interval; then those of Lake et al.'s 20 one-shot runs (20-way 1-shot, 20 queries each) that share no
+character with the training classes, as an error rate: runs 9-20 after Vinyals training, all 20 after
+Lake's background set (``dualmeta.protocol.held_out_lake_runs``). Everything goes to a JSON file (``--out``)
+and the trained weights, in the neutral format, to ``--checkpoint`` if given (they load in either backend).
 
     python examples/omniglot_metric.py --backend=torch --minutes=30 --out=protonet_torch.json
     python examples/omniglot_metric.py --backend=tf --learner=matchingnet --fce --minutes=30
+    python examples/omniglot_metric.py --split=lake --train_shots=1 --minutes=10    # Lake's protocol, all 20 runs
+    python examples/omniglot_metric.py --learner=matchingnet --cosine_scale=10 --evaluate_on=val --minutes=3  # pilot
     python examples/omniglot_metric.py --minutes=0.05 --episodes=5 --hidden=8 --threads=1   # smoke test
     python examples/omniglot_metric.py --device=cuda --minutes=30     # torch on a GPU (the learner follows the model)
     python examples/omniglot_metric.py --backend=tf --train_shots=1 --minutes=0 \
@@ -38,7 +49,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _common import NOT_TRAINED, check_run_flags, load_init_weights  # noqa: E402  (examples/_common.py)
+from _common import (NOT_TRAINED, check_run_flags, load_init_weights, protocol_record,  # noqa: E402
+                     run_protocol, trained_characters)  # (examples/_common.py)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("backend", "torch", ["tf", "torch"], "Backend.")
@@ -92,9 +104,27 @@ def build_learner(backend: str, learner: str):
         model, fce=FLAGS.fce, cosine_scale=FLAGS.cosine_scale, **common)
 
 
+def lake_runs(learner, trained: set[str], images) -> dict:
+    """Lake's one-shot runs that share no character with the training classes (all 20 after training on
+    Lake's background set; runs 9-20 after the Vinyals training characters), as an error rate."""
+    from dualmeta import protocol
+
+    runs, kept, excluded = protocol.held_out_lake_runs(trained, images=images, data_dir=FLAGS.data_dir)
+    if not runs:
+        print("Lake's one-shot runs: every run shares characters with the training classes; none scored")
+        return {"runs": 0, "kept": [], "excluded": excluded}
+    lake = learner.evaluate(runs)
+    result = {"error_rate_percent": 100 * (1 - lake["accuracy"]["mean"]), "ci95_percent": 100 * lake["accuracy"]["ci95"],
+              "runs": lake["accuracy"]["n"], "kept": kept, "excluded": excluded, "loss": lake["loss"],
+              "held_out": "no run character is a training character (dualmeta.protocol.held_out_lake_runs)"}
+    print(f"Lake's one-shot runs {kept[0]}-{kept[-1]} ({len(kept)} held out of {len(kept) + len(excluded)}): error "
+          f"rate {result['error_rate_percent']:.2f} ± {result['ci95_percent']:.2f} %", flush=True)
+    return result
+
+
 def main(argv):
     check_run_flags(argv)
-    from dualmeta import backend, budget, data
+    from dualmeta import backend, budget, data, protocol
     from dualmeta.episodes import ClassificationTasks
     from dualmeta.weights import atomic_write, save_weights
 
@@ -103,45 +133,45 @@ def main(argv):
     shots = FLAGS.train_shots or shots
     queries = FLAGS.train_queries or queries
     images = data.load_omniglot_images(FLAGS.data_dir, image_size=28)
-    trainval = data.omniglot_split("vinyals", "trainval", images=images)
-    test = data.omniglot_split("vinyals", "test", images=images)
+    chosen, final, final_role = run_protocol(images)
     if FLAGS.threads is not None and FLAGS.threads <= 0:
         raise app.UsageError(f"Expected a positive --threads; received --threads={FLAGS.threads}")
     backend.set_threads(FLAGS.backend, FLAGS.threads or 0)
     learner = build_learner(FLAGS.backend, FLAGS.learner)
     initial = load_init_weights(learner)
+    seen = trained_characters(chosen, initial, images)
     config = {name: FLAGS[name].value for name in (
         "backend", "learner", "minutes", "max_steps", "test_queries", "episodes", "hidden", "meta_lr",
         "distance", "cosine_scale", "fce", "running_stats", "dtype", "seed", "eval_seed", "threads", "device", "init_weights")}
     config.update(train_ways=ways, train_shots=shots, train_queries=queries, lr_decay_every=learner.lr_decay_every,
-                  batch_norm_at_test="running statistics" if FLAGS.running_stats else "batch statistics")
-    print(f"{FLAGS.backend} {FLAGS.learner}: training on {trainval.num_classes} classes, {ways}-way {shots}-shot "
-          f"{queries}-query, for {FLAGS.minutes} min", flush=True)
-    report = {"measured": budget.provenance("examples/omniglot_metric.py"), "config": config}
+                  test_norm="running" if FLAGS.running_stats else "query")
+    config["batch_norm_at_test"] = protocol.BATCH_NORM_AT_TEST[config["test_norm"]]
+    config.update(split=FLAGS.split, train_on=FLAGS.train_on, evaluate_on=FLAGS.evaluate_on)
+    print(f"{FLAGS.backend} {FLAGS.learner}: training on {chosen.train.num_classes} classes ({chosen.label()}), "
+          f"{ways}-way {shots}-shot {queries}-query, for {FLAGS.minutes} min", flush=True)
+    # The curve uses the validation classes, never the test classes (dualmeta.protocol).
+    curve_tasks = (ClassificationTasks(chosen.val, 5, 1, FLAGS.test_queries, seed=FLAGS.eval_seed)
+                   if FLAGS.curve_every > 0 and FLAGS.minutes > 0 else None)
+    report = {"measured": budget.provenance("examples/omniglot_metric.py"), "config": config,
+              "protocol": protocol_record(chosen, curve_tasks, FLAGS.curve_episodes, final_role)}
     if initial is not None:
         report["init_weights"] = initial
-    curve_tasks = ClassificationTasks(test, 5, 1, FLAGS.test_queries, seed=FLAGS.eval_seed)
     curve = (lambda: learner.evaluate(curve_tasks.episode(i) for i in range(FLAGS.curve_episodes)))
     try:
         report["train"] = dict(NOT_TRAINED) if FLAGS.minutes == 0 else budget.train_for(
-            learner, ClassificationTasks(trainval, ways, shots, queries, seed=FLAGS.seed), 1, FLAGS.minutes,
+            learner, ClassificationTasks(chosen.train, ways, shots, queries, seed=FLAGS.seed), 1, FLAGS.minutes,
             max_steps=FLAGS.max_steps, log_every=FLAGS.log_every,
-            curve=curve if FLAGS.curve_every > 0 else None, curve_every_s=60.0 * FLAGS.curve_every)
+            curve=curve if curve_tasks is not None else None, curve_every_s=60.0 * FLAGS.curve_every)
     except FloatingPointError as error:
         sys.exit(f"error: {error}")
     report["train"]["final_lr"] = learner.learning_rate()
     print(f"trained {report['train']['steps']} episodes in {report['train']['seconds']} s "
           f"({report['train']['seconds_per_step']} s/episode)", flush=True)
-    report["test"] = budget.evaluate_settings(learner, test, TEST_SETTINGS, FLAGS.test_queries, FLAGS.episodes,
-                                              FLAGS.eval_seed)
+    report[final_role] = budget.evaluate_settings(learner, final, TEST_SETTINGS, FLAGS.test_queries,
+                                                  FLAGS.episodes, FLAGS.eval_seed)
+    if final_role == "test":  # a pilot (--evaluate_on=val) draws nothing of the test set, Lake's runs included
+        report["lake_one_shot"] = lake_runs(learner, seen, images)
 
-    runs = data.lake_one_shot_runs(FLAGS.data_dir, image_size=28)
-    lake = learner.evaluate(runs)
-    report["lake_one_shot"] = {"error_rate_percent": 100 * (1 - lake["accuracy"]["mean"]),
-                               "ci95_percent": 100 * lake["accuracy"]["ci95"], "runs": lake["accuracy"]["n"],
-                               "loss": lake["loss"]}
-    print(f"Lake's {len(runs)} one-shot runs: error rate {report['lake_one_shot']['error_rate_percent']:.2f} ± "
-          f"{report['lake_one_shot']['ci95_percent']:.2f} %", flush=True)
 
     if FLAGS.checkpoint:
         save_weights(FLAGS.checkpoint, learner.get_weights(),

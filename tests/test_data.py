@@ -239,13 +239,17 @@ def test_vinyals_split_from_the_reference_files(omniglot, data_dir):
 
 
 def test_lake_split(omniglot):
-    for subset, count in (("background", 964), ("train", 964), ("evaluation", 659), ("test", 659)):
+    for subset, count in (("background", 964), ("train", 792), ("val", 172), ("evaluation", 659), ("test", 659)):
         dataset = data.omniglot_split("lake", subset, images=omniglot)
         assert dataset.num_classes == count
         assert not dataset.rotations.any()
         assert all(name.endswith("/rot000") for name in dataset.names)
     background = data.omniglot_split("lake", "background", images=omniglot).sources
     assert background.tolist() == list(range(964))
+    train, val = (data.omniglot_split("lake", subset, images=omniglot).sources for subset in ("train", "val"))
+    assert sorted(train.tolist() + val.tolist()) == list(range(964))  # the val alphabets are held out of train
+    assert {omniglot.names[i].split("/")[0] for i in val} == {
+        "Hebrew", "Mkhedruli_(Georgian)", "Armenian", "Early_Aramaic", "Bengali"}
     rotated = data.omniglot_split("lake", "test", images=omniglot, rotations=True)
     assert rotated.num_classes == 4 * 659
     assert rotated.rotations[:4].tolist() == [0, 1, 2, 3]

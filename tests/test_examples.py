@@ -20,7 +20,7 @@ from dualmeta.weights import load_weights
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 BACKENDS = ("tf", "torch")
-TINY = ["--minutes=0.05", "--hidden=8", "--threads=1"]
+TINY = ["--minutes=1", "--hidden=8", "--threads=1"]  # every run also caps --max_steps: the budget is a bound
 # example file -> the tiny settings of its smoke run(s), one per backend
 SMOKE = {
     "sinusoid.py": lambda b, out: [f"--backends={b}", "--steps=5", "--episodes=3", "--meta_batch_size=2",
@@ -29,7 +29,7 @@ SMOKE = {
                                         "--curve_every=0.0001", "--curve_episodes=1", "--log_every=1",
                                         f"--out={out}/metrics.json", f"--checkpoint={out}/weights.safetensors"],
     "omniglot_metric.py": lambda b, out: [f"--backend={b}", *TINY, "--max_steps=3", "--episodes=2",
-                                          "--curve_every=0", f"--out={out}/metrics.json",
+                                          "--curve_every=0.0001", "--curve_episodes=2", f"--out={out}/metrics.json",
                                           f"--checkpoint={out}/weights.safetensors"],
 }
 
@@ -68,6 +68,20 @@ def _evaluate_in_the_other_backend(example: str, backend: str, out, *flags: str)
         assert abs(again["loss"]["mean"] - result["loss"]["mean"]) <= 1e-4 * max(1.0, result["loss"]["mean"])
 
 
+def _test_characters() -> set[str]:
+    from dualmeta import protocol
+    return protocol.characters(data.omniglot_split("vinyals", "test"))
+
+
+def _assert_curve_on_val(report) -> None:
+    """The accuracy curve drew validation characters only: none of the test characters."""
+    curve = report["protocol"]["curve"]
+    assert curve["subset"] == "val" and curve["characters_drawn"]
+    assert not set(curve["characters_drawn"]) & _test_characters()
+    assert {name.split("/")[0] for name in curve["characters_drawn"]} <= {
+        "Hebrew", "Mkhedruli_(Georgian)", "Armenian", "Early_Aramaic", "Bengali"}
+
+
 def _conv4(backend: str, **kwargs):
     return importlib.import_module(f"{backend}_meta.models").conv4(hidden=8, **kwargs)
 
@@ -101,6 +115,8 @@ def test_omniglot_maml_example(backend, tmp_path):
     assert train["steps"] == 3 and [row[0] for row in train["train_curve"]] == [1, 2, 3]
     assert train["eval_curve"][0][0] == 0 and train["eval_curve"][-1][0] == 3
     assert list(report["test"]) == ["5w1s"] and report["test"]["5w1s"]["accuracy"]["n"] == 2
+    _assert_curve_on_val(report)
+    assert report["config"]["test_norm"] == "query" and "transductive" in report["config"]["batch_norm_at_test"]
     weights, _ = load_weights(tmp_path / "weights.safetensors")
     other = "tf" if backend == "torch" else "torch"
     metasgd = importlib.import_module(f"{other}_meta.metasgd")
@@ -121,7 +137,11 @@ def test_omniglot_metric_example(backend, tmp_path):
     assert report["measured"]["command"].startswith("python examples/omniglot_metric.py")
     assert sorted(report["test"]) == ["20w1s", "20w5s", "5w1s", "5w5s"]
     assert all(result["accuracy"]["n"] == 2 for result in report["test"].values())
-    assert report["lake_one_shot"]["runs"] == 20 and 0 <= report["lake_one_shot"]["error_rate_percent"] <= 100
+    # trained on the Vinyals training characters: Lake's runs 1-8 share characters with them, 9-20 do not
+    lake = report["lake_one_shot"]
+    assert lake["runs"] == 12 and lake["kept"] == list(range(9, 21)) and lake["excluded"] == list(range(1, 9))
+    assert 0 <= lake["error_rate_percent"] <= 100
+    _assert_curve_on_val(report)
     weights, _ = load_weights(tmp_path / "weights.safetensors")
     other = "tf" if backend == "torch" else "torch"
     _conv4(other, downsample="maxpool", track_running_stats=True).set_weights(weights)
@@ -135,3 +155,26 @@ def test_omniglot_metric_example(backend, tmp_path):
     run = subprocess.run([sys.executable, os.path.join(EXAMPLES, "omniglot_metric.py"), "--minutes=0"],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 1 and "0 only with --init_weights" in run.stderr
+
+
+@pytest.mark.parametrize("example", ["omniglot_maml.py", "omniglot_metric.py"])
+def test_a_pilot_draws_no_test_episode(example, tmp_path):
+    """``--evaluate_on=val``: the final score is on the validation classes; no test and no Lake episode is
+    drawn (the report has neither), the curve is on val too. ``--train_on=trainval`` has no val: refused."""
+    _omniglot_or_skip()
+    run = subprocess.run([sys.executable, os.path.join(EXAMPLES, example), "--backend=torch", *TINY, "--max_steps=2",
+                          "--episodes=2", "--curve_every=0.0001", "--curve_episodes=1", "--evaluate_on=val",
+                          "--test_norm=query,support" if example == "omniglot_maml.py" else "--running_stats",
+                          "--out=pilot.json"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "pilot.json").read_text())
+    assert "val" in report and "test" not in report and "lake_one_shot" not in report
+    assert report["protocol"]["final_evaluation"] == "val"
+    _assert_curve_on_val(report)
+    if example == "omniglot_maml.py":
+        assert list(report["val_other_norms"]) == ["support"]
+    refused = subprocess.run([sys.executable, os.path.join(EXAMPLES, example), *TINY, "--train_on=trainval",
+                              "--evaluate_on=val", "--curve_every=0"], capture_output=True, text=True, timeout=600,
+                             cwd=tmp_path)
+    assert refused.returncode == 1 and "no held-out set" in refused.stderr and "Traceback" not in refused.stderr
