@@ -11,7 +11,10 @@ is compared against the scale of the whole set instead of against itself.
 """
 from __future__ import annotations
 
-__all__ = ["TOLERANCES", "REL_FLOOR", "tolerance", "within", "differences", "compare"]
+import hashlib
+import os
+
+__all__ = ["TOLERANCES", "REL_FLOOR", "tolerance", "within", "differences", "compare", "parity_suite_digest"]
 
 REL_FLOOR = 1e-2
 
@@ -92,3 +95,16 @@ def compare(quantity: str, dtype: str, tf_values, torch_values) -> list[str]:
     label = " (rel)" if kind == "rel" else ""
     return [f"{quantity}/{name}: max|tf-torch|{label} {diff:.3g} > {tol:g}"
             for name, diff in measured.items() if not diff <= tol]
+
+
+def parity_suite_digest(folder: str | os.PathLike) -> str:
+    """sha256 of the parity suite's sources (every ``*.py`` of ``folder``, by name and content).
+
+    ``results/parity.json`` records it when the suite writes its report, so that ``docs/collect_results.py
+    --check`` can tell a report measured by an older suite (one without today's cases) from a current one.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(n for n in os.listdir(folder) if n.endswith(".py")):
+        with open(os.path.join(folder, name), "rb") as handle:
+            digest.update(name.encode() + b"\0" + handle.read() + b"\0")
+    return digest.hexdigest()

@@ -75,7 +75,8 @@ class Progress:
 class MetricsLog:
     """``<logdir>/metrics.jsonl``: one JSON object a line, ``{"step", "split", "loss", ...}``.
 
-    ``truncate_after(step)`` drops the lines an interrupted run wrote after the checkpoint it resumes from.
+    ``truncate_after(step)`` drops the lines an interrupted run wrote after the checkpoint it resumes from,
+    rewriting the file atomically.
     """
 
     def __init__(self, path: str):
@@ -98,8 +99,9 @@ class MetricsLog:
                         kept.append(line)
                 except (ValueError, KeyError, TypeError):
                     continue  # a line cut by a kill
-        with open(path, "w") as handle:
-            handle.writelines(kept)
+        # Atomically (a temporary file and a rename): a kill during the rewrite leaves the old log whole.
+        from dualmeta.weights import atomic_write
+        atomic_write(path, "".join(kept))
 
     def close(self) -> None:
         self._file.close()

@@ -36,6 +36,7 @@ import pytest  # noqa: E402
 
 import tf_meta  # noqa: E402,F401  (pins TF32 off)
 import torch_meta  # noqa: E402,F401  (pins TF32 off)
+from dualmeta import tolerances as neutral_tolerances  # noqa: E402
 from dualmeta import weights as neutral  # noqa: E402
 from parity_tests.tolerances import REL_FLOOR, Tolerance, tolerance  # noqa: E402
 
@@ -221,7 +222,9 @@ def _write_parity_report(path: str, exitstatus: int, args) -> None:
     rows = [{"quantity": quantity, "dtype": dtype, "kind": kind, "largest": error,
              "tolerance": tolerance(quantity, dtype).value}
             for (quantity, dtype, kind), error in sorted(MEASURED.items())]
-    report = {"measured": {"date": date, "command": command}, "torch": torch.__version__,
+    suite = neutral_tolerances.parity_suite_digest(os.path.dirname(os.path.abspath(__file__)))
+    report = {"measured": {"date": date, "command": command}, "parity_tests_sha256": suite,
+              "torch": torch.__version__,
               "tensorflow": tf.__version__, "pytest_exit_status": int(exitstatus), "rows": rows}
     directory = os.path.dirname(path)
     if directory:

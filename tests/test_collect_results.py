@@ -41,6 +41,9 @@ def maml_file(backend, accuracy):
                   "eval_curve": [[0, 0.0, {"accuracy": stat(0.2, 0.02, 100), "loss": stat(1.6, 0.1, 100)}],
                                  [30, 12.0, {"accuracy": stat(0.9, 0.02, 100), "loss": stat(0.3, 0.1, 100)}]]},
         "test": {"5w1s": {"accuracy": stat(accuracy, 0.004, 600), "loss": stat(0.1, 0.01, 600), "seconds": 3.0}},
+        "protocol": {"split": "vinyals", "train_on": "train", "train": {"subset": "train"},
+                     "val": {"subset": "val"}, "test": {"subset": "test"}, "final_evaluation": "test",
+                     "curve": {"subset": "val", "episodes": 100, "characters_drawn": ["Hebrew/character01"]}},
     }
 
 
@@ -94,13 +97,18 @@ def build(results, tmp_path):
 
 def test_omniglot_table_holds_the_figures_the_paper_and_the_commands(results, tmp_path):
     page = (build(results, tmp_path) / "omniglot.md").read_text()
-    assert "| MAML | PyTorch | 95.12 ± 0.40 | 600 | 98.7 (Finn et al. 2017) |" in page
-    assert "| MAML | TensorFlow | 94.88 ± 0.40 | 600 | 98.7 (Finn et al. 2017) |" in page
-    assert "| ProtoNet | PyTorch | 97.87 ± 0.30 | 600 | 98.8 (Snell et al. 2017) | 60-way 5-shot" in page
-    assert "| 96.0 (Snell et al. 2017) |" in page  # the published precision, not 96
+    assert "| MAML | PyTorch | 95.12 ± 0.40 | 600 | 98.7 (Finn et al. 2017, transductive) |" in page
+    assert "| MAML | TensorFlow | 94.88 ± 0.40 | 600 | 98.7 (Finn et al. 2017, transductive) |" in page
+    assert ("| ProtoNet | PyTorch | 97.87 ± 0.30 | 600 | 98.8 (Snell et al. 2017, running statistics) | "
+            "60-way 5-shot") in page
+    assert "| 96.0 (Snell et al. 2017, running statistics) |" in page  # the published precision, not 96
     assert f"`{NEW_COMMAND}`" in page and "2026-11-20 10:11 UTC" in page
     assert "| 2 min | 321 | 0.375 |" in page and "| 30 min | 5298 | 0.34 |" in page
-    assert "8.50 ± 2.41" in page and "4.5 (Lake et al. 2015)" in page
+    # each row: its split and its batch norm at test
+    assert ("| vinyals train → test, curve on val | query-set batch statistics (transductive) | 2 min |" in page)
+    assert (f"| {collect.LEGACY_SPLIT} | running statistics (not transductive) | 30 min |" in page)
+    # the old file scored Lake's 20 runs after training on characters of runs 1-8: withdrawn, not shown
+    assert "8.50 ± 2.41" not in page and "Withdrawn: the Lake figures of `results/omniglot/protonet_torch_30min" in page
     # every table row names when and with which command it was measured
     rows = [line for line in page.splitlines() if line.startswith("| ") and not line.startswith("| Learner")]
     assert rows and all("UTC" in row or "date unknown" in row for row in rows)
@@ -114,6 +122,10 @@ def test_training_shots_and_minibatches_are_shown(results, tmp_path):
     page = (build(results, tmp_path) / "omniglot.md").read_text()
     assert "| Reptile | PyTorch | 90.00 ± 0.40 | 600 | 97.68 (Nichol et al. 2018, transductive) | 5-way 10-shot, " \
            "1 query/class, 5 tasks/step, inner minibatches of 10 |" in page
+    reptile["config"]["inner_reduction"] = "mean"
+    write(results / "omniglot" / "reptile_torch.json", reptile)
+    page = (build(results, tmp_path / "again") / "omniglot.md").read_text()
+    assert "inner minibatches of 10, mean support loss |" in page
     assert "## 5-way 1-shot" in page and "## 5-way 10-shot" not in page  # tested on the test shots
 
 
@@ -123,8 +135,9 @@ def test_matching_nets_runs_with_another_cosine_scale_are_told_apart(results, tm
         run["config"].update(learner="matchingnet", cosine_scale=scale, train_ways=5, train_shots=1, train_queries=15)
         write(results / "omniglot" / f"matchingnet_{scale:g}.json", run)
     page = (build(results, tmp_path) / "omniglot.md").read_text()
-    assert "| 5-way 1-shot, 15 queries/class | 30 min |" in page
-    assert "| 5-way 1-shot, 15 queries/class, cosine scale 10 | 30 min |" in page
+    assert f"| 5-way 1-shot, 15 queries/class | {collect.LEGACY_SPLIT} | running statistics (not transductive) | 30 min |" in page
+    assert (f"| 5-way 1-shot, 15 queries/class, cosine scale 10 | {collect.LEGACY_SPLIT} | running statistics "
+            "(not transductive) | 30 min |") in page
 
 
 def test_old_file_without_provenance_gets_a_rebuilt_command_and_a_note(results, tmp_path):
@@ -218,3 +231,61 @@ def test_check_fails_when_the_results_changed(results, tmp_path, capsys):
     write(results / "omniglot" / "maml_tf.json", maml_file("tf", 0.9601))
     assert collect.main(["--results", str(results), "--out", str(out), "--check"]) == 1
     assert "omniglot.md: differs" in capsys.readouterr().out
+
+
+def test_lake_rows_say_which_runs_were_scored(results, tmp_path):
+    lake = old_protonet_file()
+    lake["measured"] = {"date": "2026-12-01T10:00:00Z", "command": "python examples/omniglot_metric.py --split=lake"}
+    lake["config"].update(max_steps=3000)
+    lake["train"]["seconds"] = 700.0
+    lake["protocol"] = {"split": "lake", "train_on": "train", "train": {"subset": "train"}, "val": {"subset": "val"},
+                        "test": {"subset": "evaluation"}, "final_evaluation": "test"}
+    lake["lake_one_shot"] = {"error_rate_percent": 6.25, "ci95_percent": 2.0, "runs": 20, "kept": list(range(1, 21)),
+                             "excluded": []}
+    lake["train"]["steps"] = 3000
+    write(results / "omniglot" / "protonet_lake.json", lake)
+    page = (build(results, tmp_path) / "omniglot.md").read_text()
+    assert "| ProtoNet | PyTorch | 6.25 ± 2.00 | 1-20 (20) | lake train → evaluation |" in page
+    assert "| 3000 steps (12 min) |" in page  # stopped by --max_steps before the time budget
+
+
+def test_an_extra_test_norm_is_a_row_of_its_own(results, tmp_path):
+    run = maml_file("torch", 0.95)
+    run["config"]["test_norm"] = "query"
+    run["test_other_norms"] = {"support": {"5w1s": {"accuracy": stat(0.93, 0.005, 600), "loss": stat(0.2, 0.01, 600)}}}
+    write(results / "omniglot" / "maml_torch.json", run)
+    page = (build(results, tmp_path) / "omniglot.md").read_text()
+    assert "| MAML | PyTorch | 95.00 ± 0.40 | 600 |" in page and "| MAML | PyTorch | 93.00 ± 0.50 | 600 |" in page
+    assert "| support-set statistics (not transductive) | 2 min |" in page
+
+
+def test_pilots_are_listed_with_their_validation_scores(results, tmp_path):
+    pilot = maml_file("torch", 0.5)
+    pilot["val"] = pilot.pop("test")
+    pilot["val"]["5w1s"]["accuracy"] = stat(0.861, 0.01, 300)
+    pilot["protocol"]["final_evaluation"] = "val"
+    write(results / "pilots" / "maml_pilot.json", pilot)
+    page = (build(results, tmp_path) / "omniglot.md").read_text()
+    pilots = page[page.index("## Pilot runs"):page.index("## Training curves")]
+    assert "| 86.10 ± 1.00 | 300 |" in pilots and "vinyals" not in pilots.split("| Command |")[0]
+    assert "86.10" not in page[:page.index("## Pilot runs")]  # not a test figure
+
+
+def test_check_fails_when_the_parity_report_predates_the_suite(results, tmp_path, capsys):
+    out = build(results, tmp_path)
+    report = {"measured": {"date": "2026-11-22T09:30:00Z", "command": collect.PARITY_COMMAND},
+              "parity_tests_sha256": collect.parity_suite_digest(str(ROOT / "parity_tests")), "rows": []}
+    write(results / "parity.json", report)
+    build(results, tmp_path)
+    assert collect.main(["--results", str(results), "--out", str(out), "--check"]) == 0
+    write(results / "parity.json", {**report, "parity_tests_sha256": "0" * 64})
+    assert collect.main(["--results", str(results), "--out", str(out), "--check"]) == 1
+    assert "measured by another version of parity_tests/" in capsys.readouterr().out
+    write(results / "parity.json", {**report, "measured": {**report["measured"], "command": "pytest parity_tests -k maml"}})
+    assert collect.main(["--results", str(results), "--out", str(out), "--check"]) == 1
+    assert "not by the whole suite" in capsys.readouterr().out
+
+
+def test_the_published_pages_are_current():
+    """docs/results/ is what results/ gives, and results/parity.json was measured by today's parity suite."""
+    assert collect.main(["--check"]) == 0, "run `python docs/collect_results.py` (and the parity command it names)"
