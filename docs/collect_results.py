@@ -212,8 +212,11 @@ def git_date(path: str) -> str | None:
 def provenance(data: dict, path: str, rebuild) -> Provenance:
     """``data['measured']`` if present, else the git date of the file and ``rebuild()``'s command."""
     if "measured" in data:
-        return Provenance(format_date(field(data, path, "measured.date", str), path),
-                          field(data, path, "measured.command", str), "")
+        note = data["measured"].get("date_note")
+        date = format_date(field(data, path, "measured.date", str), path)
+        rebuilt = data["measured"].get("command_note") == "rebuilt from the recorded settings"
+        return Provenance(date + (f" ({note})" if isinstance(note, str) and note else ""),
+                          field(data, path, "measured.command", str), REBUILT if rebuilt else "")
     committed = git_date(path)
     date = (format_date(committed, path) + " (date of the git commit that added the file)" if committed
             else "date unknown (no \"measured\" in the file, not committed to git)")

@@ -40,8 +40,8 @@ def check_run_flags(argv) -> None:
 
 
 def load_init_weights(learner) -> dict | None:
-    """Gives ``learner`` the weights of ``--init_weights`` if set; returns the report entry (the file's absolute
-    path and metadata), None if unset.
+    """Gives ``learner`` the weights of ``--init_weights`` if set; returns the report entry (the file's path as
+    given, and its metadata), None if unset.
 
     A missing, foreign or mismatched file ends the run with one line naming the file and the fix."""
     from dualmeta.weights import load_weights
@@ -55,7 +55,7 @@ def load_init_weights(learner) -> dict | None:
         sys.exit(f"error: --init_weights={FLAGS.init_weights}: {error}")
     print(f"weights from {FLAGS.init_weights} (trained by {metadata.get('config', {}).get('backend', '?')})",
           flush=True)
-    return {"path": os.path.abspath(FLAGS.init_weights), **metadata}
+    return {"path": FLAGS.init_weights, **metadata}  # as given: results files name no machine path
 
 
 def run_protocol(images):

@@ -165,7 +165,7 @@ def main(argv):
             report.setdefault(f"{final_role}_other_norms", {})[norm] = result
     if FLAGS.checkpoint:
         save_weights(FLAGS.checkpoint, learner.get_weights(), metadata={"config": config, "steps": t["steps"]})
-        report["checkpoint"] = os.path.abspath(FLAGS.checkpoint)
+        report["checkpoint"] = FLAGS.checkpoint  # as given: no machine path in results
     out = FLAGS.out or f"omniglot_{e.learner}_{e.ways}w{e.shots}s_{e.backend}.json"
     atomic_write(out, json.dumps(report, indent=2).encode())
     print(f"metrics written to {out}")

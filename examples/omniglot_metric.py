@@ -176,7 +176,7 @@ def main(argv):
     if FLAGS.checkpoint:
         save_weights(FLAGS.checkpoint, learner.get_weights(),
                      metadata={"config": config, "steps": report["train"]["steps"]})
-        report["checkpoint"] = os.path.abspath(FLAGS.checkpoint)
+        report["checkpoint"] = FLAGS.checkpoint  # as given: no machine path in results
     out = FLAGS.out or f"omniglot_{FLAGS.learner}_{FLAGS.backend}.json"
     atomic_write(out, json.dumps(report, indent=2))
     print(f"metrics written to {out}")

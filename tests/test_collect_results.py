@@ -1,6 +1,7 @@
 """docs/collect_results.py: results pages built from small synthetic metrics files, and its --check."""
 import importlib.util
 import json
+import re
 import os
 import pathlib
 import shutil
@@ -289,3 +290,10 @@ def test_check_fails_when_the_parity_report_predates_the_suite(results, tmp_path
 def test_the_published_pages_are_current():
     """docs/results/ is what results/ gives, and results/parity.json was measured by today's parity suite."""
     assert collect.main(["--check"]) == 0, "run `python docs/collect_results.py` (and the parity command it names)"
+
+
+def test_results_files_name_no_machine_path():
+    """Commands and paths recorded under results/ are relative to the repository (no home or scratch folder)."""
+    machine = re.compile(r"(?<![\w.])/(?:work|home|root|tmp|Users|mnt|scratch)/")
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "results").rglob("*.json") if machine.search(p.read_text())]
+    assert not offenders, f"machine paths in {offenders}"
