@@ -96,3 +96,16 @@ def test_classes_are_the_classes_an_episode_draws(images):
                                                                                       episode.query_x]))
     assert protocol.characters_drawn(tasks, 5) == {dataset.names[c].rsplit("/rot", 1)[0]
                                                    for i in range(5) for c in tasks.classes(i)}
+
+
+@pytest.mark.parametrize("split", ["vinyals", "lake"])
+def test_the_command_line_validates_on_held_out_characters(images, split):
+    """`dualmeta train --tasks=omniglot --split=...`: its training, validation and evaluation episodes come from
+    three sets that share no character (a --split=lake run used to validate on its own training classes)."""
+    from dualmeta.experiment import resolve
+
+    experiment = resolve("torch", "protonet", "omniglot", split=split)
+    sets = {role: protocol.characters(getattr(experiment, f"{role}_tasks")().dataset)
+            for role in ("train", "val", "eval")}
+    assert all(sets.values())
+    assert not sets["train"] & sets["val"] and not sets["train"] & sets["eval"] and not sets["val"] & sets["eval"]
