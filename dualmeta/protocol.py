@@ -39,7 +39,7 @@ import numpy as np
 
 from dualmeta.episodes import ClassDataset, ClassificationTasks, Episode
 
-__all__ = ["ROLES", "BATCH_NORM_AT_TEST", "TRAIN_ON", "Protocol", "omniglot_protocol", "characters", "check_disjoint",
+__all__ = ["ROLES", "BATCH_NORM_AT_TEST", "TEST_NORMS", "check_test_norm", "TRAIN_ON", "Protocol", "omniglot_protocol", "characters", "check_disjoint",
            "characters_drawn", "lake_run_characters", "held_out_lake_runs", "ProtocolError"]
 
 # What each set of classes is for.
@@ -54,6 +54,16 @@ BATCH_NORM_AT_TEST = {
     "support": "support-set statistics (not transductive)",
     "query": "query-set batch statistics (transductive)",
 }
+TEST_NORMS = ("query", "support")  # what a learner without running statistics may use at test (Learner.test_norm)
+
+
+def check_test_norm(value: str) -> str:
+    """``value`` if it is one of :data:`TEST_NORMS`, else ``ValueError`` naming the accepted values."""
+    if value not in TEST_NORMS:
+        raise ValueError(f"Expected one of {list(TEST_NORMS)}; received test_norm={value!r}")
+    return value
+
+
 # split -> {train_on: (training subset, validation subset or None)}, test subset
 TRAIN_ON = {"vinyals": {"train": ("train", "val"), "trainval": ("trainval", None)},
             "lake": {"train": ("train", "val"), "background": ("background", None)}}

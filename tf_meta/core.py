@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from dualmeta.episodes import Episode
 from dualmeta.metrics import summarize
+from dualmeta.protocol import TEST_NORMS, check_test_norm
 from dualmeta.weights import check_weights
 from tf_meta.models import _FROM_NEUTRAL, _TO_NEUTRAL
 
@@ -21,7 +22,6 @@ __all__ = ["OPTIMIZERS", "INNER_REDUCTIONS", "TEST_NORMS", "Optimizer", "Learner
 
 OPTIMIZERS = ("adam", "sgd")
 INNER_REDUCTIONS = ("mean", "sum_per_shot")
-TEST_NORMS = ("query", "support")  # batch-norm statistics at test: see Learner
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8  # PyTorch's default; Keras' is 1e-7. Passed explicitly in both backends.
 
@@ -149,9 +149,7 @@ class Learner:
 
     @test_norm.setter
     def test_norm(self, value: str) -> None:
-        if value not in TEST_NORMS:
-            raise ValueError(f"Expected one of {list(TEST_NORMS)}; received test_norm={value!r}")
-        self._test_norm = value
+        self._test_norm = check_test_norm(value)
 
     # -- parameters ---------------------------------------------------------------------------------
     def model_parameters(self) -> dict[str, tf.Variable]:
