@@ -60,6 +60,9 @@ flags.DEFINE_string("data_dir", None, "Omniglot folder (default $DUALMETA_DATA_D
                     "beside the checkout if present, else ~/.cache/dualmeta/omniglot).")
 flags.DEFINE_string("checkpoint", None, "evaluate: checkpoint file or run folder (default <logdir>/checkpoint.safetensors).")
 flags.DEFINE_integer("episodes", 600, "Evaluation episodes (fixed: the same in every run and backend).")
+flags.DEFINE_enum("test_norm", None, ["query", "support"], "MAML family on omniglot: batch-norm statistics when "
+                  "the test queries are scored: query (their own; transductive, as Finn et al.; the default) or "
+                  "support (the support set's: each query is classified on its own).")
 flags.DEFINE_boolean("resume", False, "train: continue the run in --logdir from its last checkpoint.")
 flags.DEFINE_string("report", None, "Write a JSON report to this path (train: evaluates at the end).")
 flags.DEFINE_integer("val_every", 1000, "Validate every N steps (and at the last step); 0: only at the end.")
@@ -132,7 +135,14 @@ def _experiment(command: str, base: dict | None = None, backend_name: str | None
         values["dtype"] = "float64" if command == "compare" else "float32"
     if values["steps"] is None and command in ("compare", "bench"):
         values["steps"] = COMPARE_STEPS if command == "compare" else BENCH_STEPS
-    return resolve(backend=backend_name or _backend_name(), learner=learner, tasks=tasks, **values)
+    experiment = resolve(backend=backend_name or _backend_name(), learner=learner, tasks=tasks, **values)
+    if FLAGS.test_norm is not None:
+        from dualmeta.experiment import MAML_FAMILY
+        if experiment.learner not in MAML_FAMILY or not experiment.classification:
+            raise ValueError(f"--test_norm chooses the batch-norm statistics of the MAML family's conv4 on "
+                             f"--tasks=omniglot; drop it for --learner={experiment.learner} "
+                             f"--tasks={experiment.tasks}")
+    return experiment
 
 
 def _logdir(experiment, command: str) -> str:
@@ -218,6 +228,8 @@ def _set_weights(learner, checkpoint, experiment) -> None:
 
 
 def _evaluate(learner, experiment, episodes: int, label: str = ""):
+    if FLAGS.test_norm is not None:  # checked against the learner in _experiment
+        learner.test_norm = FLAGS.test_norm
     t0 = time.perf_counter()
     result = learner.evaluate(experiment.eval_tasks().take(episodes))
     _say(f"{label}evaluated {episodes} episodes in {time.perf_counter() - t0:.1f}s")
@@ -231,7 +243,9 @@ def _report(result, experiment, episodes: int, **extra) -> dict:
     settings = dict(tasks=e.tasks, dtype=e.dtype, shots=e.shots, queries=e.queries,
                     test_inner_steps=e.test_inner_steps, eval_seed=EVAL_SEED)
     if e.classification:
-        settings.update(split=e.split, ways=e.ways)
+        from dualmeta.protocol import BATCH_NORM_AT_TEST
+        norm = "running" if e.metric else (FLAGS.test_norm or "query")
+        settings.update(split=e.split, ways=e.ways, test_norm=norm, batch_norm_at_test=BATCH_NORM_AT_TEST[norm])
     return evaluation_report(result, classification=e.classification, episodes=episodes, backend=e.backend,
                              learner=e.learner, **settings, **extra)
 

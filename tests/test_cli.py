@@ -541,3 +541,21 @@ def test_checkpoint_save_is_atomic_under_enospc(tmp_path, monkeypatch):
     assert latest.metadata["step"] == 2 and np.array_equal(latest.weights["w"], 2 * np.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "checkpoint.safetensors",
                                                           checkpoint.state_file(2)]
+
+
+def test_evaluate_with_support_statistics(tmp_path):
+    """`evaluate --test_norm=support` scores the MAML family without transduction; the report says which batch
+    norm each evaluation used, and other learners refuse the flag with the fix."""
+    run_cli("train", "--backend=torch", "--tasks=omniglot", "--hidden=4", "--steps=2", "--meta_batch_size=2",
+            "--val_every=0", "--logdir=run", cwd=tmp_path, check=0)
+    reports = {}
+    for norm in ("query", "support"):
+        run_cli("evaluate", "--logdir=run", "--episodes=3", f"--test_norm={norm}", f"--report={norm}.json",
+                cwd=tmp_path, check=0)
+        reports[norm] = json.loads((tmp_path / f"{norm}.json").read_text())
+        assert reports[norm]["test_norm"] == norm
+    assert "not transductive" in reports["support"]["batch_norm_at_test"]
+    assert reports["query"]["batch_norm_at_test"].endswith("(transductive)")
+    assert reports["query"]["loss"]["mean"] != reports["support"]["loss"]["mean"]
+    result = run_cli("train", "--steps=1", "--test_norm=support", "--logdir=sine", cwd=tmp_path)
+    assert_one_line_error(result, "--test_norm", "drop it for --learner=maml --tasks=sinusoid")
