@@ -125,7 +125,7 @@ class DistributedLearner:
         names, keys = list(grads), sorted(metrics)
         weight = n / total
         dtype = grads[names[0]].dtype
-        pieces = [tf.reshape(grads[k], [-1]) * tf.cast(weight, dtype) for k in names]
+        pieces = [tf.reshape(grads[k], [-1]) * tf.constant(weight, dtype) for k in names]  # not via float32
         pieces.append(tf.constant([metrics[k] * weight for k in keys], dtype=dtype))
         pieces += [tf.cast(tf.reshape(v, [-1]), dtype) for v in running]
         parts = self.group.gather(tf.concat(pieces, axis=0))
@@ -140,6 +140,6 @@ class DistributedLearner:
                 after = [tf.cast(tf.reshape(s[len(names) + 1 + i], tf.shape(variable)), variable.dtype)
                          for s in split]
                 variable.assign(combine_running(start, after, self.shares, 1 - NORM_MOMENTUM,
-                                                add=tf.add, scale=lambda x, c: x * tf.cast(c, x.dtype)))
+                                                add=tf.add, scale=lambda x, c: x * tf.constant(c, x.dtype)))
         values = summed[len(names)].numpy().tolist()
         return {k: float(v) for k, v in zip(keys, values)}
