@@ -439,7 +439,7 @@ def cmd_train() -> int:
     ran = outcome.step - start
     rate = f", {ran / outcome.seconds:.1f} steps/s" if outcome.seconds > 0 else ""
     last = f"; final training loss {outcome.losses[-1]:.4f}" if outcome.losses else ""
-    workers = f" on {group.size} workers" if group is not None else ""
+    workers = f" on {group.size} worker{'s' if group.size > 1 else ''}" if group is not None else ""
     print(f"Trained {experiment.backend} {experiment.learner} on {experiment.tasks} to step {outcome.step} "
           f"({ran} steps{rate}{workers}){last}; checkpoint: {path}")
     if FLAGS.report:

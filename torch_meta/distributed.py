@@ -85,7 +85,10 @@ def start(timeout: float = DEFAULT_TIMEOUT, device: str = "cpu") -> Group:
         raise RuntimeError(f"--device={device} with several workers needs NCCL, which this PyTorch lacks; install "
                            "a CUDA build of PyTorch or use --device=cpu (gloo)")
     if not dist.is_initialized():
-        kwargs = {"device_id": torch.device(device)} if engine == "nccl" else {}
+        kwargs = {}
+        if engine == "nccl":
+            torch.cuda.set_device(torch.device(device))
+            kwargs["device_id"] = torch.device(device)
         try:
             dist.init_process_group(engine, init_method="env://", rank=world.rank, world_size=world.size,
                                     timeout=datetime.timedelta(seconds=timeout), **kwargs)
