@@ -311,3 +311,25 @@ def test_bench_with_two_workers_prints_one_line(tmp_path):
     assert len(lines) == 1
     record = json.loads(lines[0])
     assert record["workers"] == 2 and record["threads"] == 1 and record["steps"] == 3
+
+
+def test_torchrun_standalone_gives_the_one_process_weights(reference, tmp_path):
+    """The workers read the environment torchrun sets, so torchrun works without --workers."""
+    logdir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             "-m", "dualmeta", "train", "--backend=torch", f"--logdir={logdir}", *MAML,
+                             f"--steps={STEPS['maml']}"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "on 2 workers" in result.stdout
+    assert_same_weights(weights(logdir)[0], reference("torch", "maml"))
+
+
+@pytest.mark.slow
+def test_compare_with_two_workers_passes(tmp_path):
+    logdir = tmp_path / "cmp"
+    result = run_cli("compare", "--steps=6", "--hidden=8", "--meta_batch_size=2", "--episodes=5",
+                     f"--logdir={logdir}", "--workers=2", cwd=tmp_path, check=0, timeout=300)
+    assert "verdict: PASS" in result.stdout
+    report = json.loads((logdir / "compare.json").read_text())
+    assert report["workers"] == 2 and report["max_rel_loss_diff"] <= 1e-8

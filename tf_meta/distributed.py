@@ -22,6 +22,8 @@ Example (two processes, each with its ``TF_CONFIG``)::
 """
 from __future__ import annotations
 
+import re
+
 import tensorflow as tf
 
 from dualmeta.episodes import Episode
@@ -63,8 +65,14 @@ class Group:
 
 
 def _lost(rank: int, error: BaseException) -> str:
-    cause = " ".join(str(getattr(error, "message", error)).split())[:200]
-    return f"worker {rank} lost contact with the other workers in a collective ({cause})"
+    """One line from TensorFlow's long collective error: its kind, its first own line, the peer it names."""
+    text = str(getattr(error, "message", error))
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith((" ", "\t"))
+             and not line.startswith(("Graph execution error", "Detected at node", "[["))]
+    cause = f"{type(error).__name__}: {lines[0] if lines else 'no details'}"[:200]
+    peer = re.search(r"remote target /job:worker/replica:\d+/task:(\d+)", text)
+    named = f", from worker {peer.group(1)}" if peer else ""
+    return f"worker {rank} lost contact with the other workers in a collective ({cause}{named})"
 
 
 def start(timeout: float = DEFAULT_TIMEOUT, device: str = "cpu") -> Group:
