@@ -101,6 +101,8 @@ class ShardedTasks:
         return stack_episodes([self.tasks.episode(index * size + j) for j in range(lo, hi)])
 
     def __getattr__(self, name):
+        if name == "tasks":
+            raise AttributeError(name)
         return getattr(self.tasks, name)
 
 

@@ -43,7 +43,7 @@ def _env():
     return env
 
 
-def run_cli(*args, cwd, timeout=120, code=None, check=None):
+def run_cli(*args, cwd, timeout=300, code=None, check=None):
     command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "dualmeta"]
     result = subprocess.run(command + [str(a) for a in args], cwd=cwd, env=_env(), capture_output=True,
                             text=True, timeout=timeout)
@@ -304,6 +304,7 @@ def test_evaluate_refuses_workers(tmp_path):
     one_line_error(result, "--workers applies to train, bench and compare", code=2)
 
 
+@pytest.mark.slow  # benchmarks/bench_distributed.py runs the same path at full size
 def test_bench_with_two_workers_prints_one_line(tmp_path):
     result = run_cli("bench", "--backend=torch", *MAML[:4], "--steps=3", "--warmup=1", "--workers=2",
                      cwd=tmp_path, check=0)
@@ -319,7 +320,7 @@ def test_torchrun_standalone_gives_the_one_process_weights(reference, tmp_path):
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                              "-m", "dualmeta", "train", "--backend=torch", f"--logdir={logdir}", *MAML,
                              f"--steps={STEPS['maml']}"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                            timeout=120)
+                            timeout=300)
     assert result.returncode == 0, result.stderr
     assert "on 2 workers" in result.stdout
     assert_same_weights(weights(logdir)[0], reference("torch", "maml"))

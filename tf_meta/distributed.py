@@ -111,6 +111,8 @@ class DistributedLearner:
         self.share = self.shares[group.rank]
 
     def __getattr__(self, name):
+        if name == "learner":  # not set yet (a failed __init__, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.learner, name)
 
     def _running(self) -> list[tf.Variable]:
