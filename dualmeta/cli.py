@@ -253,13 +253,15 @@ def _learner(experiment, backend_name: str | None = None):
     return learner
 
 
-def _checkpoint_note(logdir: str) -> str:
+def _checkpoint_note(logdir: str, step: int | None = None) -> str:
+    """Where a stopped run continues from: the checkpoint of ``step`` (default: the one on disk, read)."""
     from dualmeta import checkpoint as ckpt
     path = os.path.join(logdir, ckpt.WEIGHTS_FILE)
-    try:
-        step = ckpt.read_weights(path).metadata["step"]
-    except ckpt.CheckpointError:
-        return "No checkpoint was written."
+    if step is None:
+        try:
+            step = ckpt.read_weights(path).metadata["step"]
+        except ckpt.CheckpointError:
+            return "No checkpoint was written."
     return f"The last checkpoint is {path} (step {step}); continue with --resume --logdir={logdir}"
 
 
@@ -406,7 +408,7 @@ def cmd_train() -> int:
 
     def save(step: int) -> None:
         ckpt.save(logdir, step, learner.get_weights(), learner.get_optimizer_state(), metadata, index)
-        _FAULT_NOTE["text"] = _checkpoint_note(logdir)
+        _FAULT_NOTE["text"] = _checkpoint_note(logdir, step)
 
     writer = metrics_log = progress = None
     if lead:  # the other workers of a distributed run write nothing
