@@ -268,6 +268,36 @@ def test_ctrl_c_stops_every_worker_after_the_same_step_with_a_checkpoint(tmp_pat
     assert f"Stopped by SIGINT after step {step};" in err and "Traceback" not in err
 
 
+def test_workers_exit_when_the_launcher_dies(tmp_path):
+    logdir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "dualmeta", "train", "--backend=torch", f"--logdir={logdir}",
+                                *MAML, "--steps=1000000", "--checkpoint_every=1", "--val_every=0", "--workers=2"],
+                               cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while index_step(logdir) < 1:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        pids = workers_of(process.pid)
+    finally:
+        process.kill()
+        process.wait()
+    deadline = time.monotonic() + 30
+
+    def running(pid):
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+
+    while any(running(pid) for pid in pids.values()):
+        if time.monotonic() > deadline:
+            for pid in pids.values():
+                os.kill(pid, signal.SIGKILL)
+            pytest.fail("workers outlived their launcher by 30 s")
+        time.sleep(0.1)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Bad input fails before anything starts
 # ----------------------------------------------------------------------------------------------------
