@@ -5,7 +5,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LINKS = {"[docs/cli.md](docs/cli.md)": "[the command-line page](cli.md)",
          "[docs/tolerances.md](docs/tolerances.md)": "[the tolerances page](tolerances.md)",
          "[docs/tf_vs_torch.md](docs/tf_vs_torch.md)": "[TensorFlow vs PyTorch](tf_vs_torch.md)",
-         "[docs/results/](docs/results/omniglot.md)": "[the results pages](results/omniglot.md)"}
+         "[docs/results/](docs/results/omniglot.md)": "[the results pages](results/omniglot.md)",
+         "[docs/distributed.md](docs/distributed.md)": "[Distributed](distributed.md)"}
 
 
 def render() -> str:

@@ -20,7 +20,7 @@ from types import ModuleType
 
 __all__ = ["BACKENDS", "LEARNERS", "METRIC_LEARNERS", "BackendUnavailable", "LearnerUnavailable",
            "DeviceUnavailable", "DEVICES", "default_backend", "check_backend", "check_learner", "check_device",
-           "load_backend", "learner_class", "build_model", "make_learner", "set_threads"]
+           "load_backend", "distributed", "learner_class", "build_model", "make_learner", "set_threads"]
 
 # backend name -> (package, framework module, pip extra)
 BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -161,6 +161,11 @@ def set_threads(backend: str, threads: int) -> None:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
         except RuntimeError:  # TensorFlow already initialised: the setting is fixed for this process
             pass
+
+
+def distributed(backend: str) -> ModuleType:
+    """The engine of ``--workers`` for ``backend``: ``torch_meta.distributed`` or ``tf_meta.distributed``."""
+    return importlib.import_module(load_backend(backend).__name__ + ".distributed")
 
 
 def learner_class(backend: str, name: str) -> type:

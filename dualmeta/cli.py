@@ -7,6 +7,9 @@ Commands:
   evaluate  load a checkpoint (from either backend) and report accuracy/MSE with a 95% CI
   bench     time meta_train_step on synthetic data; prints one JSON line
 
+--workers=N (train, bench, compare) splits every meta-batch over N local worker processes on the backend's
+own engine (torch.distributed, tf.distribute) and gives the one-process weights; docs/distributed.md.
+
 Recipes: --flagfile=dualmeta/configs/omniglot_maml_5w1s.flags. Exit codes: 0 done, 1 error (a one-line
 message on stderr), 2 bad command line, 130 stopped by SIGINT (Ctrl-C), 143 by SIGTERM (a checkpoint of
 the last completed step is saved first; continue with --resume).
@@ -74,6 +77,13 @@ flags.DEFINE_integer("lr_decay_every", None, "protonet/matchingnet: halve --meta
 flags.DEFINE_integer("warmup", 3, "bench: untimed warm-up steps.")
 flags.DEFINE_integer("threads", None, "CPU threads per backend (intra-op); default 1 for sinusoid (tiny "
                      "operations, where more threads only wait on each other), the framework's own otherwise.")
+flags.DEFINE_integer("workers", None, "train, bench, compare: split every meta-batch over N local worker "
+                     "processes (one thread each unless --threads) on the backend's engine, torch.distributed or "
+                     "tf.distribute; the weights are those of one process. Default: one process.")
+flags.DEFINE_integer("port", None, "--workers: the first loopback port (torch: the rendezvous; tf: one per worker "
+                     "from here); default: free ports.")
+flags.DEFINE_float("dist_timeout", 300.0, "Distributed runs: seconds a collective waits for a missing worker "
+                   "before the run stops with an error.")
 flags.DEFINE_string("device", "cpu", "torch device: cpu, cuda, cuda:N or mps (the model moves there and the "
                     "learner follows it). torch only: TensorFlow places operations on a visible GPU by itself.")
 
@@ -172,8 +182,66 @@ def _quiet_native_stderr():
 
 
 def _threads(experiment) -> int:
-    """--threads, else 1 for sinusoid (0 = the framework's default)."""
-    return FLAGS.threads if FLAGS.threads is not None else (1 if experiment.tasks == "sinusoid" else 0)
+    """--threads, else 1 for sinusoid and for distributed workers (0 = the framework's default)."""
+    if FLAGS.threads is not None:
+        return FLAGS.threads
+    return 1 if experiment.tasks == "sinusoid" or _worker() else 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Distributed runs: this process as one worker of several (docs/distributed.md)
+# ----------------------------------------------------------------------------------------------------
+
+_GROUPS: dict = {}  # backend name -> the Group of its engine, joined once per process
+_FAULT_NOTE = {"text": ""}  # what a worker that loses its peers says about the checkpoint
+
+
+def _world(name: str):
+    from dualmeta.launch import world_from_env
+    return world_from_env(name)
+
+
+def _worker() -> bool:
+    return _world("torch") is not None or _world("tf") is not None
+
+
+def _lead(name: str) -> bool:
+    """This process logs, checkpoints and reports: rank 0, or the only process."""
+    world = _world(name)
+    return world is None or world.rank == 0
+
+
+def _device(name: str) -> str:
+    """--device for ``name`` (a worker takes the GPU of its local rank when --device=cuda has no index)."""
+    if name != "torch":
+        return "cpu"
+    world = _world(name)
+    if FLAGS.device == "cuda" and world is not None:
+        return f"cuda:{world.local_rank}"
+    return FLAGS.device
+
+
+def _group(name: str):
+    """The engine's group of a distributed worker (started at the first call, before any model), or None."""
+    if _world(name) is None:
+        return None
+    if name not in _GROUPS:
+        from absl import logging
+
+        from dualmeta import backend
+        if not os.environ.get("DUALMETA_VERBOSE"):
+            logging.set_verbosity(logging.WARNING)  # tf.distribute logs its set-up at INFO level
+        with _quiet_native_stderr():
+            engine = backend.distributed(name)
+        _GROUPS[name] = engine.start(timeout=FLAGS.dist_timeout, device=_device(name))
+    return _GROUPS[name]
+
+
+def _train_tasks(experiment, name: str):
+    """The training task set; a worker's builds only its share of each meta-batch."""
+    from dualmeta.launch import ShardedTasks
+    tasks, world = experiment.train_tasks(), _world(name)
+    return tasks if world is None else ShardedTasks(tasks, world.rank, world.size)
 
 
 def _learner(experiment, backend_name: str | None = None):
@@ -182,11 +250,62 @@ def _learner(experiment, backend_name: str | None = None):
     with _quiet_native_stderr():
         backend.load_backend(name)
     backend.set_threads(name, _threads(experiment))
+    group = _group(name)  # TensorFlow: the strategy comes before any other operation
+    if group is not None:
+        from dualmeta.launch import check_workers
+        check_workers(group.size, experiment.meta_batch_size)
     model, config = experiment.model()
-    return backend.make_learner(name, experiment.learner, model, config,
-                                dtype=experiment.dtype, seed=experiment.seed,
-                                learner_args=experiment.learner_args(),
-                                device=FLAGS.device if name == "torch" else "cpu")
+    learner = backend.make_learner(name, experiment.learner, model, config,
+                                   dtype=experiment.dtype, seed=experiment.seed,
+                                   learner_args=experiment.learner_args(), device=_device(name))
+    if group is not None:
+        learner = backend.distributed(name).DistributedLearner(learner, group, experiment.meta_batch_size)
+    return learner
+
+
+def _checkpoint_note(logdir: str, step: int | None = None) -> str:
+    """Where a stopped run continues from: the checkpoint of ``step`` (default: the one on disk, read)."""
+    from dualmeta import checkpoint as ckpt
+    path = os.path.join(logdir, ckpt.WEIGHTS_FILE)
+    if step is None:
+        try:
+            step = ckpt.read_weights(path).metadata["step"]
+        except ckpt.CheckpointError:
+            return "No checkpoint was written."
+    return f"The last checkpoint is {path} (step {step}); continue with --resume --logdir={logdir}"
+
+
+def _launch(command: str) -> int:
+    """--workers=N outside a worker: checks what can be checked, then starts and watches N local workers."""
+    import importlib.util
+
+    from dualmeta import backend, launch
+    if command == "evaluate":
+        _die("--workers applies to train, bench and compare; evaluate runs in one process: drop --workers",
+             EXIT_USAGE)
+    name = "torch" if command == "compare" else _backend_name()
+    engines = ("torch", "tf") if command == "compare" else (name,)
+    for engine in engines:
+        framework = backend.BACKENDS[engine][1]
+        if importlib.util.find_spec(framework) is None:
+            raise backend.BackendUnavailable(
+                f"--workers={FLAGS.workers} with the {engine!r} backend needs {framework} "
+                f"({'torch.distributed' if engine == 'torch' else 'tf.distribute'}), which is not installed; "
+                f"install it with pip install 'dualmeta[{backend.BACKENDS[engine][2]}]'")
+    experiment = _experiment(command, backend_name=name)
+    launch.check_workers(FLAGS.workers, experiment.meta_batch_size)
+    note = None
+    if command == "train":
+        from dualmeta import checkpoint as ckpt
+        logdir = _logdir(experiment, "train")
+        if FLAGS.resume:
+            ckpt.load_latest(logdir)  # fails here, with its own message, if there is nothing to resume
+        elif os.path.exists(os.path.join(logdir, ckpt.WEIGHTS_FILE)):
+            raise CommandError(f"--logdir={logdir} already holds a checkpoint; pass --resume to continue it, or "
+                               "choose another --logdir")
+        note = lambda: _checkpoint_note(logdir)  # noqa: E731
+    return launch.launch([sys.executable, "-m", "dualmeta", *sys.argv[1:]], FLAGS.workers, engines,
+                         port=FLAGS.port, threads=FLAGS.threads, checkpoint_note=note, say=_say)
 
 
 def _check_device(command: str) -> None:
@@ -283,10 +402,12 @@ def cmd_train() -> int:
                            "choose another --logdir")
     created = not os.path.exists(logdir)
     ckpt.check_writable(logdir)
+    lead = _lead(experiment.backend)
+    _FAULT_NOTE["text"] = _checkpoint_note(logdir)
     try:
         learner = _learner(experiment)
-        tasks = experiment.train_tasks()
-        val_episodes = experiment.val_tasks().take(FLAGS.val_episodes) if FLAGS.val_episodes > 0 else None
+        tasks = _train_tasks(experiment, experiment.backend)
+        val_episodes = experiment.val_tasks().take(FLAGS.val_episodes) if FLAGS.val_episodes > 0 and lead else None
     except BaseException:
         if created and not os.listdir(logdir):
             os.rmdir(logdir)  # leave no trace of a run that never started
@@ -294,30 +415,39 @@ def cmd_train() -> int:
     if resumed is not None:
         _set_weights(learner, resumed, experiment)
         learner.set_optimizer_state(resumed.state)
-        _say(f"Resuming {logdir} from step {start}")
+        if lead:
+            _say(f"Resuming {logdir} from step {start}")
     metadata = _metadata(experiment, experiment.learner)
     index = {"flags": {name: FLAGS[name].value for name in _FLAG_NAMES}, "experiment": experiment.to_dict()}
 
     def save(step: int) -> None:
         ckpt.save(logdir, step, learner.get_weights(), learner.get_optimizer_state(), metadata, index)
+        _FAULT_NOTE["text"] = _checkpoint_note(logdir, step)
 
-    # A restart event at the first step this run writes, and metrics.jsonl cut to the checkpoint's step,
-    # drop what an interrupted (or failed, never checkpointed) run wrote after it.
-    MetricsLog.truncate_after(os.path.join(logdir, "metrics.jsonl"), start)
-    writer = EventWriter(logdir)
-    writer.start(start + 1)
-    metrics_log = MetricsLog(os.path.join(logdir, "metrics.jsonl"))
-    progress = Progress(experiment.steps, start, every=FLAGS.log_every)
+    writer = metrics_log = progress = None
+    if lead:  # the other workers of a distributed run write nothing
+        # A restart event at the first step this run writes, and metrics.jsonl cut to the checkpoint's step,
+        # drop what an interrupted (or failed, never checkpointed) run wrote after it.
+        MetricsLog.truncate_after(os.path.join(logdir, "metrics.jsonl"), start)
+        writer = EventWriter(logdir)
+        writer.start(start + 1)
+        metrics_log = MetricsLog(os.path.join(logdir, "metrics.jsonl"))
+        progress = Progress(experiment.steps, start, every=FLAGS.log_every)
+    group = _GROUPS.get(experiment.backend)
     try:
         outcome = train(learner, tasks, experiment.meta_batch_size, experiment.steps, start_step=start,
-                        save=save, checkpoint_every=FLAGS.checkpoint_every,
+                        save=save if lead else None, checkpoint_every=FLAGS.checkpoint_every,
                         validate=(lambda: {k: v["mean"] for k, v in learner.evaluate(val_episodes).items()})
                         if val_episodes else None, val_every=FLAGS.val_every, writer=writer,
-                        metrics_log=metrics_log, progress=progress, saved_step=start if resumed else None)
+                        metrics_log=metrics_log, progress=progress, saved_step=start if resumed else None,
+                        agree=group.agree if group is not None else None)
     finally:
-        writer.close()
-        metrics_log.close()
+        if writer is not None:
+            writer.close()
+            metrics_log.close()
     path = os.path.join(logdir, ckpt.WEIGHTS_FILE)
+    if not lead:
+        return EXIT_SIGNAL.get(outcome.status, EXIT_ERROR) if outcome.status != "done" else 0
     if outcome.status != "done":
         _say(f"Stopped by {outcome.status} after step {outcome.step}; checkpoint saved to {path}. "
              f"Continue with: --resume --logdir={logdir}")
@@ -325,8 +455,9 @@ def cmd_train() -> int:
     ran = outcome.step - start
     rate = f", {ran / outcome.seconds:.1f} steps/s" if outcome.seconds > 0 else ""
     last = f"; final training loss {outcome.losses[-1]:.4f}" if outcome.losses else ""
+    workers = f" on {group.size} worker{'s' if group.size > 1 else ''}" if group is not None else ""
     print(f"Trained {experiment.backend} {experiment.learner} on {experiment.tasks} to step {outcome.step} "
-          f"({ran} steps{rate}){last}; checkpoint: {path}")
+          f"({ran} steps{rate}{workers}){last}; checkpoint: {path}")
     if FLAGS.report:
         result = _evaluate(learner, experiment, FLAGS.episodes)
         report = _report(result, experiment, FLAGS.episodes, checkpoint=path, step=outcome.step)
@@ -375,15 +506,23 @@ def cmd_compare() -> int:
 
     experiment = _experiment("compare", backend_name="torch")
     logdir = _logdir(experiment, "compare")
-    ckpt.check_writable(logdir)
-    tasks = experiment.train_tasks()
-    eval_episodes = experiment.eval_tasks().take(FLAGS.episodes)
+    lead = _lead("torch")
+    if lead:
+        ckpt.check_writable(logdir)
+        experiment.eval_tasks().take(FLAGS.episodes)  # a missing dataset fails before any training
     learners = {name: _learner(experiment, name) for name in ("torch", "tf")}
     start_weights = learners["torch"].get_weights()  # = dualmeta.weights.initialize(spec, seed) + learner tensors
     learners["tf"].set_weights(start_weights)
     runs = {}
     every = FLAGS.log_every if _given("log_every") else max(1, experiment.steps // 10)
     for name, learner in learners.items():
+        tasks = _train_tasks(experiment, name)
+        group = _GROUPS.get(name)
+        if not lead:  # another worker of a distributed comparison: train, and leave the rest to rank 0
+            outcome = train(learner, tasks, experiment.meta_batch_size, experiment.steps, agree=group.agree)
+            if outcome.status != "done":
+                return EXIT_SIGNAL.get(outcome.status, EXIT_ERROR)
+            continue
         folder = os.path.join(logdir, name)
         os.makedirs(folder, exist_ok=True)
         for old in os.listdir(folder):  # a new comparison replaces the last one's logs
@@ -394,7 +533,8 @@ def cmd_compare() -> int:
             try:
                 outcome = train(learner, tasks, experiment.meta_batch_size, experiment.steps, writer=writer,
                                 metrics_log=log, progress=Progress(experiment.steps, every=every,
-                                                                   label=f"{name:5s} "))
+                                                                   label=f"{name:5s} "),
+                                agree=group.agree if group is not None else None)
             finally:
                 log.close()
         if outcome.status != "done":
@@ -406,6 +546,8 @@ def cmd_compare() -> int:
                       "evaluation": _report(evaluation, experiment, FLAGS.episodes)}
         for key in ("backend", "learner", "tasks", "dtype", "episodes", "eval_seed"):
             runs[name]["evaluation"].pop(key, None)
+    if not lead:
+        return 0
     diffs = rep.relative_differences(runs["tf"]["losses"], runs["torch"]["losses"])
     tol, kind = tolerance("trajectory_loss", experiment.dtype)
     worst = int(np.argmax(diffs))
@@ -417,6 +559,7 @@ def cmd_compare() -> int:
         "tolerance": {"quantity": "trajectory_loss", "dtype": experiment.dtype, "value": tol, "kind": kind,
                       "measured_as": "max over steps of |loss_tf - loss_torch| / |loss_torch|"},
         "steps": experiment.steps, "episodes": FLAGS.episodes, "config": config,
+        "workers": _GROUPS["torch"].size if "torch" in _GROUPS else 1,
         "final_weights_max_abs_diff": max(float(np.max(np.abs(final["tf"][n] - final["torch"][n])))
                                           for n in final["torch"]),
         "backends": runs, "rel_loss_diff": diffs.tolist(),
@@ -473,6 +616,10 @@ def cmd_bench() -> int:
         raise CommandError(f"Expected --warmup >= 0; received --warmup={FLAGS.warmup}")
     learner = _learner(experiment)
     batch = _synthetic_batch(experiment, experiment.seed)
+    world = _world(experiment.backend)
+    if world is not None:
+        from dualmeta.launch import shard_batch
+        batch = shard_batch(batch, world.rank, world.size)
     synchronize = _synchronizer(experiment.backend)
     times = []
     for i in range(FLAGS.warmup + experiment.steps):
@@ -489,8 +636,10 @@ def cmd_bench() -> int:
               "meta_batch_size": e.meta_batch_size, "ways": e.train_ways, "shots": e.train_shots,
               "queries": e.train_queries, "inner_steps": e.inner_steps, "dtype": e.dtype, "hidden": e.hidden,
               "model": e.model()[0], "threads": _threads(e) or "default", "cpus": os.cpu_count(),
-              "device": FLAGS.device if e.backend == "torch" else "tf placement",
-              "python": platform.python_version()}
+              "device": _device(e.backend) if e.backend == "torch" else "tf placement",
+              "python": platform.python_version(), "workers": world.size if world is not None else 1}
+    if world is not None and world.rank != 0:
+        return 0
     print(json.dumps(result), flush=True)
     if FLAGS.report:
         _write_report(FLAGS.report, result)
@@ -507,10 +656,19 @@ def main(argv: list[str]) -> int:
              f"compare`); received {received}. See --helpshort for the flags", EXIT_USAGE)
     from dualmeta.backend import BackendUnavailable, DeviceUnavailable
     from dualmeta.checkpoint import CheckpointError
+    from dualmeta.launch import EXIT_WORKER_LOST, WorkerLost, watch_launcher
     from dualmeta.train import NonFiniteLoss
     try:
         _check_device(argv[1])
+        if FLAGS.workers is not None and not _worker():
+            return _launch(argv[1])
+        if _worker():
+            watch_launcher()
         return _COMMANDS[argv[1]]()
+    except WorkerLost as error:
+        if os.environ.get("DUALMETA_LAUNCHER_PID"):
+            sys.exit(EXIT_WORKER_LOST)  # the launcher names the dead worker
+        _die(f"{error}. {_FAULT_NOTE['text']}")
     except (CommandError, CheckpointError, BackendUnavailable, DeviceUnavailable, NonFiniteLoss,
             FileNotFoundError) as error:
         _die(str(error))

@@ -149,7 +149,7 @@ def train(learner, tasks, meta_batch_size: int, steps: int, *, start_step: int =
           save: Callable[[int], None] | None = None, checkpoint_every: int = 0,
           validate: Callable[[], Mapping[str, float]] | None = None, val_every: int = 0,
           writer=None, metrics_log: MetricsLog | None = None, progress: Progress | None = None,
-          saved_step: int | None = None) -> Outcome:
+          saved_step: int | None = None, agree: Callable[[int], int] | None = None) -> Outcome:
     """Runs meta-training steps ``start_step + 1 ... steps``.
 
     Args:
@@ -160,6 +160,8 @@ def train(learner, tasks, meta_batch_size: int, steps: int, *, start_step: int =
       validate: returns validation metrics; called every ``val_every`` steps and at the last step.
       writer: a :class:`dualmeta.tensorboard.EventWriter` (or None); metrics_log: a :class:`MetricsLog`.
       saved_step: the step of the checkpoint the run starts from (named if the loss becomes non-finite).
+      agree: for distributed runs, ``agree(signal_number or 0)`` returns the largest value over the workers;
+        called before every step, so that a signal any worker receives stops them all after the same step.
 
     Raises:
       NonFiniteLoss: a step gave a NaN or infinite loss (nothing is saved for that step).
@@ -174,7 +176,13 @@ def train(learner, tasks, meta_batch_size: int, steps: int, *, start_step: int =
             saved_step = at
 
     with _stop_on_signals(flag):
-        while step < steps and not flag.get("signal"):
+        while step < steps:
+            if agree is not None:
+                received = agree(int(signal.Signals[flag["signal"]]) if flag.get("signal") else 0)
+                if received:
+                    flag.setdefault("signal", signal.Signals(received).name)
+            if flag.get("signal"):
+                break
             batch = tasks.batch(step, meta_batch_size)
             t0 = time.perf_counter()
             metrics = learner.meta_train_step(batch)

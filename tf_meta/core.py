@@ -253,3 +253,13 @@ class Learner:
 
     def meta_train_step(self, batch: Episode) -> dict[str, float]:
         raise NotImplementedError
+
+    # -- the two halves of a meta-training step (``distributed`` sums the first over workers) ----------
+    def _step_gradients(self, batch: Episode):
+        """``(gradients by name, metrics)`` of ``meta_train_step`` on ``batch`` (mean over its tasks), with its
+        side effects (e.g. running statistics) but without the update."""
+        raise NotImplementedError
+
+    def _apply_gradients(self, grads) -> None:
+        """The update of ``meta_train_step`` from the gradients of ``_step_gradients``."""
+        self.optimizer.apply(grads)

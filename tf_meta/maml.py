@@ -102,6 +102,9 @@ class MAML(Learner):
         grads, metrics = self._meta_gradients(batch)
         return {n: self.to_neutral(n, g.numpy()) for n, g in grads.items()}, metrics
 
+    def _step_gradients(self, batch: Episode):
+        return self._meta_gradients(batch)
+
     # --8<-- [start:meta_step]
     def _task_gradients(self, sx, sy, qx, qy, variables):
         """Query loss, accuracy and meta-gradient of one task (traced inside the meta-batch loop)."""

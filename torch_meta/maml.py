@@ -134,6 +134,9 @@ class MAML(Learner):
         size = tasks if isinstance(self.model, MLP) else max(1, min(8, 256 // max(images, 1)))
         return [slice(i, min(i + size, tasks)) for i in range(0, tasks, size)]
 
+    def _step_gradients(self, batch: Episode):
+        return self._meta_gradients(batch)
+
     # --8<-- [start:meta_step]
     def _meta_gradients(self, batch: Episode):
         sx, sy, qx, qy = self._tensors(batch)

@@ -152,10 +152,16 @@ class MetricLearner(Learner):
 
     def meta_train_step(self, batch: Episode) -> dict[str, float]:
         """One update on a stacked meta-batch; returns the mean query loss and accuracy."""
-        grads, metrics = self._gradients(batch, update_stats=True)
+        grads, metrics = self._step_gradients(batch)
+        self._apply_gradients(grads)
+        return metrics
+
+    def _step_gradients(self, batch: Episode):
+        return self._gradients(batch, update_stats=True)
+
+    def _apply_gradients(self, grads) -> None:
         self._set_lr(self.learning_rate())
         self.optimizer.apply(grads)
-        return metrics
 
     # -- backend machinery --------------------------------------------------------------------------
     def _steps_taken(self) -> int:
