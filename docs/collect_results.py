@@ -327,8 +327,9 @@ def read_runs(path: str, results_dir: str, role: str = "test") -> list[Run]:
             trained_on += f", {config['meta_batch_size']} tasks/step"
         if isinstance(config.get("inner_batch_size"), int):
             trained_on += f", inner minibatches of {config['inner_batch_size']}"
-        if config.get("inner_reduction") not in (None, "sum_per_shot"):
-            trained_on += f", {config['inner_reduction']} support loss"
+        reduction = config.get("inner_reduction")
+        if reduction is not None and (reduction != "sum_per_shot" or learner == "reptile"):  # Reptile's pilots
+            trained_on += f", {reduction.replace('_', '-')} support loss"  # compare the two: name both
         curve_setting = config.get("curve_setting", f"{ways}w{test_shots}s")
     test = field(data, path, role, dict)
     for key in test:
