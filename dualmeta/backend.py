@@ -18,7 +18,8 @@ import os
 import re
 from types import ModuleType
 
-__all__ = ["BACKENDS", "LEARNERS", "METRIC_LEARNERS", "SEQUENCE_LEARNERS", "MODELS", "BackendUnavailable", "LearnerUnavailable",
+__all__ = ["BACKENDS", "LEARNERS", "METRIC_LEARNERS", "SEQUENCE_LEARNERS", "MODELS", "BackendUnavailable",
+           "LearnerUnavailable",
            "DeviceUnavailable", "DEVICES", "default_backend", "check_backend", "check_learner", "check_device",
            "load_backend", "learner_class", "build_model", "make_learner", "set_threads"]
 

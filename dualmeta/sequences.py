@@ -198,7 +198,8 @@ def lstm_spec(ways: int | None = None, hidden: int = 128, encoder: dict | None =
 
 
 def dilations(support_size: int) -> list[int]:
-    """Dilations of a SNAIL TC block over sequences of ``support_size + 1`` steps: 1, 2, 4, ... (ceil(log2 T) layers)."""
+    """Dilations of a SNAIL TC block over sequences of ``T = support_size + 1`` steps: 1, 2, 4, ...
+    (``ceil(log2 T)`` layers, at least one)."""
     check_positive(support_size=support_size)
     return [2 ** i for i in range(max(1, math.ceil(math.log2(support_size + 1))))]
 

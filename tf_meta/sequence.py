@@ -47,8 +47,9 @@ __all__ = ["LSTMNet", "SNAILNet", "lstm", "snail", "SequenceLearner", "lstm_cell
 
 
 def _dense(h, weight):
-    """``h @ weight`` for ``h`` of any rank as one 2-D product (TensorFlow's broadcasting batch matmul of a
-    3-D by a 2-D tensor runs one small product per row of the batch: 3x slower steps, measured)."""
+    """``h @ weight`` for ``h`` of any rank as one 2-D product (instead of TensorFlow's broadcasting batched
+    matmul of a 3-D by a 2-D tensor; a sinusoid SNAIL gradient went from 89 to 77 ms, one measurement on a
+    busy machine)."""
     return tf.reshape(tf.reshape(h, [-1, h.shape[-1]]) @ weight, list(h.shape[:-1]) + [weight.shape[-1]])
 
 
@@ -158,8 +159,8 @@ class SNAILNet(_SequenceNet):
         self.blocks = []
         for b in range(2 * len(cfg["keys"])):
             if b % 2 == 0:
-                self.blocks.append([{part: self._tensors(f"blocks.{b}.layers.{i}.{part}") for part in ("filter", "gate")}
-                                    for i in range(len(self.dilations))])
+                self.blocks.append([{part: self._tensors(f"blocks.{b}.layers.{i}.{part}")
+                                     for part in ("filter", "gate")} for i in range(len(self.dilations))])
             else:
                 self.blocks.append({part: self._tensors(f"blocks.{b}.{part}") for part in ("query", "key", "value")})
         self.head = self._tensors("head")
@@ -273,9 +274,12 @@ class SequenceLearner(Learner):
     def adapt(self, episode: Episode, steps: int | None = None) -> dict:
         """The support state (LSTM: ``h, c``; SNAIL: the support features) for ``predict``; ``steps`` is unused."""
         framed, ways = self._frame(episode)
-        support = self._compile("adapt", lambda x, slots: self.model.support_state(
-            self._steps(x, slots, training=False)))
-        state = support(as_tensor(framed.support_x, self.dtype), as_tensor(framed.support_slots, self.dtype))
+
+        def support(x, slots):
+            return self.model.support_state(self._steps(x, slots, training=False))
+
+        state = self._compile("adapt", support)(as_tensor(framed.support_x, self.dtype),
+                                                as_tensor(framed.support_slots, self.dtype))
         return {**state, "ways": ways}
 
     def predict(self, x: np.ndarray, weights: Mapping | None = None) -> np.ndarray:
@@ -287,17 +291,23 @@ class SequenceLearner(Learner):
         x = np.asarray(x)[None]
         width = self.ways if self.ways is not None else self.model.spec.config["out_features"]
         state = {k: tf.convert_to_tensor(v) for k, v in weights.items() if k != "ways"}
-        outputs = self._compile("predict", lambda x, slots, state: self.model.query_outputs(
-            self._steps(x, slots, training=False), state))
-        out = outputs(as_tensor(x, self.dtype), as_tensor(np.zeros(x.shape[:2] + (width,)), self.dtype), state)
+
+        def outputs(x, slots, state):
+            return self.model.query_outputs(self._steps(x, slots, training=False), state)
+
+        out = self._compile("predict", outputs)(as_tensor(x, self.dtype),
+                                                as_tensor(np.zeros(x.shape[:2] + (width,)), self.dtype), state)
         return self._restrict(out, weights["ways"])[0].numpy()
 
     def sequence_outputs(self, x: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Outputs at every step of one explicit sequence: inputs ``x`` ``(T, ...)``, label slots ``(T, width)``
         (evaluation mode). The last step of ``support, (x_q, 0)`` is what ``predict`` gives for ``x_q``."""
-        outputs = self._compile("sequence", lambda x, slots: self.model.sequence_outputs(
-            self._steps(x, slots, training=False)))
-        return outputs(as_tensor(np.asarray(x)[None], self.dtype), as_tensor(np.asarray(slots)[None], self.dtype))[0].numpy()
+        def outputs(x, slots):
+            return self.model.sequence_outputs(self._steps(x, slots, training=False))
+
+        compiled = self._compile("sequence", outputs)
+        x, slots = as_tensor(np.asarray(x)[None], self.dtype), as_tensor(np.asarray(slots)[None], self.dtype)
+        return compiled(x, slots)[0].numpy()
 
     def meta_gradients(self, batch: Episode) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Gradients of the mean query loss over the meta-batch (neutral layout) and the metrics; no update."""
@@ -317,6 +327,13 @@ class SequenceLearner(Learner):
         super().set_weights(weights)
 
     # -- backend machinery --------------------------------------------------------------------------
+    def _compile(self, key, fn):
+        """``Learner._compile`` without AutoGraph: the sequence code loops over Python integers only, and
+        converting it took most of the tracing time (seconds per function)."""
+        if key not in self._compiled:
+            self._compiled[key] = tf.function(fn, autograph=False)
+        return self._compiled[key]
+
     def _frame(self, episode: Episode):
         """The numpy framing of an episode or meta-batch and its ways (``None`` for regression)."""
         framed = neutral_seq.frame(episode, self.ways)
@@ -375,8 +392,13 @@ class SequenceLearner(Learner):
     def _gradients(self, batch: Episode, update_stats: bool):
         framed, ways = self._frame(batch)
         support = framed.support_slots.shape[1]
-        step = self._compile(("gradients", support, ways, update_stats),
-                             lambda x, slots, y: self._batch_gradients(x, slots, y, support, ways, update_stats))
+        encoder = self.model.encoder
+        update_stats = update_stats and encoder is not None and bool(encoder.non_trainable_variables)  # one trace
+
+        def step(x, slots, y):
+            return self._batch_gradients(x, slots, y, support, ways, update_stats)
+
+        step = self._compile(("gradients", support, ways, update_stats), step)
         grads, loss, accuracy = step(*self._tensors_of(framed))
         return dict(zip(self.parameters(), grads)), self._result(loss, accuracy)
     # --8<-- [end:episode_loss]
@@ -384,9 +406,11 @@ class SequenceLearner(Learner):
     def _episode_metrics(self, episode: Episode, steps: int | None) -> dict[str, float]:
         framed, ways = self._frame(episode)
         support = framed.support_slots.shape[1]
-        metrics = self._compile(("metrics", support, ways), lambda x, slots, y: self._metrics(
-            self._outputs(x, slots, support, ways, training=False), y))
-        return self._result(*metrics(*self._tensors_of(framed)))
+
+        def metrics(x, slots, y):
+            return self._metrics(self._outputs(x, slots, support, ways, training=False), y)
+
+        return self._result(*self._compile(("metrics", support, ways), metrics)(*self._tensors_of(framed)))
 
 
 def _check_kind(spec: neutral.ModelSpec, weights: Mapping[str, np.ndarray]) -> None:
@@ -398,7 +422,8 @@ def _check_kind(spec: neutral.ModelSpec, weights: Mapping[str, np.ndarray]) -> N
         given = "a classifier with an image encoder" if has_encoder else "a regression model (no encoder)"
         fix = "--tasks=omniglot" if has_encoder else "--tasks=sinusoid"
         raise ValueError(f"These {spec.name} weights are of {given}, but this {spec.name} model is built for "
-                         f"{built}; build it like the checkpoint ({fix}, or ways={'<ways>' if has_encoder else 'None'})")
+                         f"{built}; build it like the checkpoint ({fix}, or "
+                         f"ways={'<ways>' if has_encoder else 'None'})")
     head = np.shape(weights.get("head.bias", ()))
     if head and head[0] != spec.tensors["head.bias"].shape[0]:
         raise ValueError(f"These {spec.name} weights have a head of {head[0]} outputs, this model has "

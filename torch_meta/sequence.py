@@ -369,7 +369,8 @@ def _check_kind(spec: neutral.ModelSpec, weights: Mapping[str, np.ndarray]) -> N
         given = "a classifier with an image encoder" if has_encoder else "a regression model (no encoder)"
         fix = "--tasks=omniglot" if has_encoder else "--tasks=sinusoid"
         raise ValueError(f"These {spec.name} weights are of {given}, but this {spec.name} model is built for "
-                         f"{built}; build it like the checkpoint ({fix}, or ways={'<ways>' if has_encoder else 'None'})")
+                         f"{built}; build it like the checkpoint ({fix}, or "
+                         f"ways={'<ways>' if has_encoder else 'None'})")
     head = np.shape(weights.get("head.bias", ()))
     if head and head[0] != spec.tensors["head.bias"].shape[0]:
         raise ValueError(f"These {spec.name} weights have a head of {head[0]} outputs, this model has "
