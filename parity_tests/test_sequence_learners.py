@@ -84,8 +84,7 @@ def tasks(task: str, seed: int = 12):
 
 
 def _numpy(tensors: dict) -> dict:
-    return {n: (t.detach().numpy() if hasattr(t, "detach") else np.asarray(t)) for n, t in tensors.items()
-            if n != "ways"}
+    return {n: (t.detach().numpy() if hasattr(t, "detach") else np.asarray(t)) for n, t in tensors.items()}
 
 
 # --- forward ----------------------------------------------------------------------------------------------

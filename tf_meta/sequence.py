@@ -273,31 +273,31 @@ class SequenceLearner(Learner):
 
     def adapt(self, episode: Episode, steps: int | None = None) -> dict:
         """The support state (LSTM: ``h, c``; SNAIL: the support features) for ``predict``; ``steps`` is unused."""
-        framed, ways = self._frame(episode)
+        framed, _ = self._frame(episode)
 
         def support(x, slots):
             return self.model.support_state(self._steps(x, slots, training=False))
 
-        state = self._compile("adapt", support)(as_tensor(framed.support_x, self.dtype),
-                                                as_tensor(framed.support_slots, self.dtype))
-        return {**state, "ways": ways}
+        return self._compile("adapt", support)(as_tensor(framed.support_x, self.dtype),
+                                               as_tensor(framed.support_slots, self.dtype))
 
     def predict(self, x: np.ndarray, weights: Mapping | None = None) -> np.ndarray:
-        """Outputs (logits over the episode's ways, or regression values) of queries ``x`` after the support
-        set of ``weights = adapt(episode)``, each query read alone."""
+        """Outputs of queries ``x`` after the support set of ``weights = adapt(episode)``, each query read alone:
+        logits over the model's ``ways`` outputs (an episode with fewer ways uses the first ones), or the
+        regression values."""
         if weights is None:
             raise ValueError(f"{type(self).__name__}.predict needs the support state: "
                              "predict(x, learner.adapt(episode))")
         x = np.asarray(x)[None]
         width = self.ways if self.ways is not None else self.model.spec.config["out_features"]
-        state = {k: tf.convert_to_tensor(v) for k, v in weights.items() if k != "ways"}
+        state = {k: tf.convert_to_tensor(v) for k, v in weights.items()}
 
         def outputs(x, slots, state):
             return self.model.query_outputs(self._steps(x, slots, training=False), state)
 
         out = self._compile("predict", outputs)(as_tensor(x, self.dtype),
                                                 as_tensor(np.zeros(x.shape[:2] + (width,)), self.dtype), state)
-        return self._restrict(out, weights["ways"])[0].numpy()
+        return out[0].numpy()
 
     def sequence_outputs(self, x: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Outputs at every step of one explicit sequence: inputs ``x`` ``(T, ...)``, label slots ``(T, width)``

@@ -19,7 +19,7 @@ meta-batch, with the meta-optimiser (Adam with PyTorch's formula, or SGD).
 Arguments (defaults): ``model`` (a ``sequence.snail(...)`` model; ``support_size`` is the longest support
 set it reads: a longer one is refused), ``meta_lr=1e-3``, ``meta_optimizer='adam'``.
 
-Beyond the shared learner interface: ``adapt(episode)`` returns the support features ``{"support", "ways"}``
+Beyond the shared learner interface: ``adapt(episode)`` returns the support features ``{"support"}``
 for ``predict(x, state)``; ``sequence_outputs(x, slots)`` runs one explicit sequence; ``embed(x)``;
 ``meta_gradients(batch)`` returns the gradients (neutral layout) and the metrics without updating.
 

@@ -19,7 +19,7 @@ classification, ``ways=None`` for regression), ``meta_lr=1e-3``, ``meta_optimize
 The LSTM reads support sets of any length; episodes may have fewer ways than the head (the first
 ``ways`` logits are used), never more.
 
-Beyond the shared learner interface: ``adapt(episode)`` returns the support state ``{"h", "c", "ways"}``
+Beyond the shared learner interface: ``adapt(episode)`` returns the support state ``{"h", "c"}``
 for ``predict(x, state)``; ``sequence_outputs(x, slots)`` runs one explicit sequence; ``embed(x)``;
 ``meta_gradients(batch)`` returns the gradients (neutral layout) and the metrics without updating.
 

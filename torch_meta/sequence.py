@@ -255,14 +255,14 @@ class SequenceLearner(Learner):
 
     def adapt(self, episode: Episode, steps: int | None = None) -> dict:
         """The support state (LSTM: ``h, c``; SNAIL: the support features) for ``predict``; ``steps`` is unused."""
-        framed, ways = self._frame(episode)
+        framed, _ = self._frame(episode)
         with torch.no_grad():
-            support = self._steps(framed.support_x, framed.support_slots, training=False)
-            return {**self.model.support_state(support), "ways": ways}
+            return self.model.support_state(self._steps(framed.support_x, framed.support_slots, training=False))
 
     def predict(self, x: np.ndarray, weights: Mapping | None = None) -> np.ndarray:
-        """Outputs (logits over the episode's ways, or regression values) of queries ``x`` after the support
-        set of ``weights = adapt(episode)``, each query read alone."""
+        """Outputs of queries ``x`` after the support set of ``weights = adapt(episode)``, each query read alone:
+        logits over the model's ``ways`` outputs (an episode with fewer ways uses the first ones), or the
+        regression values."""
         if weights is None:
             raise ValueError(f"{type(self).__name__}.predict needs the support state: "
                              "predict(x, learner.adapt(episode))")
@@ -270,8 +270,7 @@ class SequenceLearner(Learner):
         width = self.ways if self.ways is not None else self.model.spec.config["out_features"]
         with torch.no_grad():
             queries = self._steps(x, np.zeros(x.shape[:2] + (width,)), training=False)
-            state = {k: v for k, v in weights.items() if k != "ways"}
-            return self._restrict(self.model.query_outputs(queries, state), weights["ways"])[0].cpu().numpy()
+            return self.model.query_outputs(queries, weights)[0].cpu().numpy()
 
     def sequence_outputs(self, x: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Outputs at every step of one explicit sequence: inputs ``x`` ``(T, ...)``, label slots ``(T, width)``
