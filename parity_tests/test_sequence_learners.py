@@ -7,8 +7,11 @@ training step, and the losses of a 100-step trajectory. Then: a checkpoint train
 alike in the other; queries never see each other (a query's output equals the last output of the sequence
 ``support, query`` and does not move when the other queries change); the framework defaults the twins pin
 (Keras' LSTM gate layout, causal ``Conv1D`` padding, attention scaling and masking) checked against the
-frameworks' own layers; bad input refused in one line. Tolerances come from ``dualmeta.tolerances``; no
-test overrides them.
+frameworks' own layers; bad input refused in one line. Tolerances between the backends come from
+``dualmeta.tolerances``; no test overrides them. (The checks within one backend, query isolation and the
+frameworks' own layers, are float64 and use 1e-12.)
+
+Slow (``pytest -m slow``): the image trajectories (10-18 s each) and two of the four checkpoint directions.
 """
 from __future__ import annotations
 
