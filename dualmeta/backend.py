@@ -18,7 +18,8 @@ import os
 import re
 from types import ModuleType
 
-__all__ = ["BACKENDS", "LEARNERS", "METRIC_LEARNERS", "BackendUnavailable", "LearnerUnavailable",
+__all__ = ["BACKENDS", "LEARNERS", "METRIC_LEARNERS", "SEQUENCE_LEARNERS", "MODELS", "BackendUnavailable",
+           "LearnerUnavailable",
            "DeviceUnavailable", "DEVICES", "default_backend", "check_backend", "check_learner", "check_device",
            "load_backend", "distributed", "learner_class", "build_model", "make_learner", "set_threads"]
 
@@ -38,8 +39,12 @@ LEARNERS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "FineTune"),
     "protonet": ("protonet", "ProtoNet"),
     "matchingnet": ("matchingnet", "MatchingNet"),
+    "lstm": ("lstm", "LSTMLearner"),
+    "snail": ("snail", "SNAIL"),
 }
 METRIC_LEARNERS = ("protonet", "matchingnet")  # embed with a head-less conv4; no inner loop
+SEQUENCE_LEARNERS = ("lstm", "snail")  # model-based: read the episode as a sequence (models in <backend>.sequence)
+MODELS = ("mlp", "conv4", "lstm", "snail")  # builders: <backend>.models (mlp, conv4), <backend>.sequence (the rest)
 DEVICES = ("cpu", "cuda", "cuda:N", "mps")  # torch device names the learners accept (N: a GPU index)
 _DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]+)?|mps")
 
@@ -191,15 +196,18 @@ def available_learners(backend: str) -> list[str]:
 
 def build_model(backend: str, name: str, config: dict, dtype: str = "float32", seed: int = 0,
                 device: str = "cpu"):
-    """A twin model (``'mlp'`` or ``'conv4'``) with neutral initial weights from ``seed``, on ``device``
-    (torch only; see :func:`check_device`)."""
-    if name not in ("mlp", "conv4"):
-        raise _expected("model", name, ("mlp", "conv4"))
+    """A twin model (``'mlp'``, ``'conv4'``, or the sequence models ``'lstm'``, ``'snail'``) with neutral initial
+    weights from ``seed``, on ``device`` (torch only; see :func:`check_device`)."""
+    if name not in MODELS:
+        raise _expected("model", name, MODELS)
     check_device(backend, device)
-    models = importlib.import_module(load_backend(backend).__name__ + ".models")
+    module = "models" if name in ("mlp", "conv4") else "sequence"
+    models = importlib.import_module(f"{load_backend(backend).__name__}.{module}")
     config = dict(config)
     if name == "mlp":
         config["hidden"] = tuple(config["hidden"])
+    if name == "snail":  # JSON (a checkpoint's metadata) turns tuples into lists
+        config["keys"], config["values"] = tuple(config["keys"]), tuple(config["values"])
     model = getattr(models, name)(**config, dtype=dtype, init="neutral", seed=seed)
     return model if device == "cpu" else model.to(device)
 

@@ -28,12 +28,13 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 
 COMMANDS = ("train", "evaluate", "compare", "bench")
-LEARNER_NAMES = ["maml", "fomaml", "reptile", "metasgd", "anil", "finetune", "protonet", "matchingnet"]
+LEARNER_NAMES = ["maml", "fomaml", "reptile", "metasgd", "anil", "finetune", "protonet", "matchingnet", "lstm",
+                 "snail"]
 _ABSL_FLAGS = set(FLAGS)
 
 flags.DEFINE_enum("backend", None, ["tf", "torch"], "Backend (default: torch if installed, else tf).")
 flags.DEFINE_enum("learner", "maml", LEARNER_NAMES, "Meta-learning algorithm (finetune: the pretrain-then-"
-                  "fine-tune baseline).")
+                  "fine-tune baseline; lstm, snail: model-based, the episode read as a sequence).")
 flags.DEFINE_enum("tasks", "sinusoid", ["sinusoid", "omniglot"], "Task family.")
 flags.DEFINE_enum("split", None, ["vinyals", "lake"], "Omniglot split (default vinyals).")
 flags.DEFINE_integer("ways", None, "Classes per episode at validation/test (omniglot default 5).")
@@ -52,12 +53,13 @@ flags.DEFINE_enum("inner_reduction", None, ["mean", "sum_per_shot"],
 flags.DEFINE_integer("inner_batch_size", None, "reptile: support examples per inner step, class-balanced "
                      "minibatches (default: the whole support set; Nichol et al. 10 of --train_shots=10 x 5 ways).")
 flags.DEFINE_integer("steps", None, "Meta-training steps (default 70000 sinusoid, 60000 omniglot MAML; "
-                     "compare 5000; bench 20 timed steps).")
+                     "compare 5000, snail 1000; bench 20 timed steps).")
 flags.DEFINE_integer("seed", 0, "Seed of the initial weights and of the training episodes.")
 flags.DEFINE_enum("dtype", None, ["float32", "float64"], "Floating point type (default float32; compare float64).")
 flags.DEFINE_enum("activation", "relu", ["relu", "softplus"], "Model nonlinearity. In float32 the backends' "
                   "round-off flips ReLU kinks and long trajectories drift apart; softplus keeps them together.")
-flags.DEFINE_integer("hidden", None, "Model width: MLP hidden units (default 40) or conv4 channels (default 64).")
+flags.DEFINE_integer("hidden", None, "Model width: MLP hidden units (default 40) or conv4 channels (default 64); "
+                     "lstm/snail on sinusoid: LSTM units (40) / SNAIL filters (32).")
 flags.DEFINE_string("logdir", None, "Run folder (default runs/<tasks>-<learner>-<backend>, runs/compare-...).")
 flags.DEFINE_string("data_dir", None, "Omniglot folder (default $DUALMETA_DATA_DIR, else ../shared/data/omniglot "
                     "beside the checkout if present, else ~/.cache/dualmeta/omniglot).")
@@ -89,6 +91,8 @@ flags.DEFINE_string("device", "cpu", "torch device: cpu, cuda, cuda:N or mps (th
 
 _FLAG_NAMES = tuple(name for name in FLAGS if name not in _ABSL_FLAGS)
 COMPARE_STEPS = 5000
+# SNAIL's sinusoid step is 40 ms (torch) / 80-140 ms (tf) on 2 busy cores: 5000 steps would take ~10 minutes.
+COMPARE_STEPS_BY_LEARNER = {"snail": 1000}
 BENCH_STEPS = 20
 EXIT_ERROR, EXIT_USAGE = 1, 2
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
@@ -144,7 +148,7 @@ def _experiment(command: str, base: dict | None = None, backend_name: str | None
     if values["dtype"] is None:
         values["dtype"] = "float64" if command == "compare" else "float32"
     if values["steps"] is None and command in ("compare", "bench"):
-        values["steps"] = COMPARE_STEPS if command == "compare" else BENCH_STEPS
+        values["steps"] = COMPARE_STEPS_BY_LEARNER.get(learner, COMPARE_STEPS) if command == "compare" else BENCH_STEPS
     experiment = resolve(backend=backend_name or _backend_name(), learner=learner, tasks=tasks, **values)
     if FLAGS.test_norm is not None:
         from dualmeta.experiment import MAML_FAMILY

@@ -9,8 +9,8 @@ setting            sinusoid (Finn et al. 2017)  omniglot (MAML family / protonet
 ways               --                           5
 shots / queries    10 / 10                      1 / 15
 train_ways         --                           ways (protonet: 60)
-train_queries      queries                      queries (protonet: 5)
-meta_batch_size    25                           32 / 1
+train_queries      queries                      queries (protonet: 5; lstm, snail: 1)
+meta_batch_size    25                           32 / 1 (lstm, snail: 32)
 inner_lr           0.01                         0.4 / --
 inner_steps        1 (reptile 5)                1 (reptile 5) / --
 test_inner_steps   10                           3 / --
@@ -18,9 +18,17 @@ inner_reduction    mean                         sum_per_shot (the original code)
 inner_batch_size   -- (reptile: all points)     -- (reptile: the whole support set) / --
 meta_lr            1e-3 (reptile 1.0, SGD)      1e-3 (reptile 1.0, SGD)
 lr_decay_every     --                           -- / protonet 2000 (halves meta_lr), matchingnet none
-steps              70000                        60000 / 20000
+steps              70000                        60000 / 20000 (lstm, snail: 40000)
 hidden             40 (mlp 1-40-40-1)           64 (conv4)
+                   lstm: 40 units, snail: 32
 =================  ===========================  ==============================================
+
+The model-based learners (``lstm``, ``snail``) have no inner loop (the ``inner_*`` settings do not apply)
+and read the episodes of task sets wrapped in :class:`dualmeta.sequences.ShuffledSupport` (support order
+shuffled by address). On Omniglot they embed images with a max-pool conv4 of ``hidden`` channels (running
+batch-norm statistics, used at evaluation, so queries are embedded independently); the LSTM has 128 units,
+SNAIL the paper's sizes; the head has ``max(ways, train_ways)`` outputs and SNAIL reads support sets of up
+to ``max(ways * shots, train_ways * train_shots)`` examples. On the sinusoid they read the raw ``(x, y)``.
 
 Episodes are addressed by (seed, index): training batches come from ``seed``, validation episodes from
 ``seed + VAL_SEED_OFFSET`` and evaluation episodes from the fixed ``EVAL_SEED``, so the three never share
@@ -33,13 +41,15 @@ from typing import Any
 
 from dualmeta.episodes import RegressionTasks, check_positive
 
-__all__ = ["Experiment", "resolve", "TASKS", "SPLITS", "MAML_FAMILY", "METRIC_LEARNERS", "EVAL_SEED",
+__all__ = ["Experiment", "resolve", "TASKS", "SPLITS", "MAML_FAMILY", "METRIC_LEARNERS", "SEQUENCE_LEARNERS",
+           "EVAL_SEED",
            "VAL_SEED_OFFSET", "DEFINING", "OMNIGLOT_DRAWINGS"]
 
 TASKS = ("sinusoid", "omniglot")
 SPLITS = ("vinyals", "lake")
 MAML_FAMILY = ("maml", "fomaml", "reptile", "metasgd", "anil", "finetune")  # finetune: no training inner loop
 METRIC_LEARNERS = ("protonet", "matchingnet")
+SEQUENCE_LEARNERS = ("lstm", "snail")  # model-based: the episode read as a sequence
 EVAL_SEED = 2_000_000_011
 VAL_SEED_OFFSET = 1_000_003
 OMNIGLOT_DRAWINGS = 20  # examples per Omniglot class
@@ -50,6 +60,11 @@ _SINUSOID = dict(shots=10, queries=10, meta_batch_size=25, inner_lr=0.01, inner_
 _OMNIGLOT_MAML = dict(ways=5, shots=1, queries=15, meta_batch_size=32, inner_lr=0.4, inner_steps=1,
                       test_inner_steps=3, inner_reduction="sum_per_shot", meta_lr=1e-3, steps=60_000, hidden=64)
 _OMNIGLOT_METRIC = dict(ways=5, shots=1, queries=15, meta_batch_size=1, meta_lr=1e-3, steps=20_000, hidden=64)
+_SINUSOID_SEQUENCE = dict(shots=10, queries=10, meta_batch_size=25, meta_lr=1e-3, steps=70_000)
+_OMNIGLOT_SEQUENCE = dict(ways=5, shots=1, queries=15, train_queries=1, meta_batch_size=32, meta_lr=1e-3,
+                          steps=40_000, hidden=64)
+_SEQUENCE_HIDDEN = {"lstm": 40, "snail": 32}  # sinusoid: LSTM units, SNAIL filters
+OMNIGLOT_LSTM_UNITS = 128
 # Snell et al.: Adam 1e-3 halved every 2000 episodes, 60-way 5-query training episodes.
 _LEARNER_DEFAULTS = {"reptile": dict(inner_steps=5, meta_lr=1.0),
                      "protonet": dict(train_ways=60, train_queries=5, lr_decay_every=2000)}
@@ -93,11 +108,17 @@ class Experiment:
         return self.learner in METRIC_LEARNERS
 
     @property
+    def sequence(self) -> bool:
+        return self.learner in SEQUENCE_LEARNERS
+
+    @property
     def classification(self) -> bool:
         return self.tasks != "sinusoid"
 
     def model(self) -> tuple[str, dict]:
         """``(builder name, builder arguments)`` of the twin model."""
+        if self.sequence:
+            return self._sequence_model()
         if self.tasks == "sinusoid":
             return "mlp", dict(in_features=1, hidden=[self.hidden, self.hidden], out_features=1,
                                activation=self.activation)
@@ -110,7 +131,24 @@ class Experiment:
         return "conv4", dict(in_channels=1, hidden=self.hidden, num_classes=self.ways, downsample="stride",
                              head="mean", image_size=IMAGE_SIZE, activation=self.activation)
 
+    def _sequence_model(self) -> tuple[str, dict]:
+        if self.tasks == "sinusoid":
+            if self.learner == "lstm":
+                return "lstm", dict(ways=None, hidden=self.hidden, in_features=1, out_features=1)
+            half = max(1, self.hidden // 2)
+            return "snail", dict(ways=None, support_size=max(self.shots, self.train_shots), filters=self.hidden,
+                                 keys=[half, self.hidden], values=[half, self.hidden], in_features=1, out_features=1)
+        encoder = dict(in_channels=1, hidden=self.hidden, downsample="maxpool", head="flatten",
+                       image_size=IMAGE_SIZE, activation=self.activation, track_running_stats=True)
+        ways = max(self.ways, self.train_ways)
+        if self.learner == "lstm":
+            return "lstm", dict(ways=ways, hidden=OMNIGLOT_LSTM_UNITS, encoder=encoder)
+        return "snail", dict(ways=ways, support_size=max(self.ways * self.shots, self.train_ways * self.train_shots),
+                             filters=128, keys=[64, 256], values=[32, 128], encoder=encoder)
+
     def learner_args(self) -> dict[str, Any]:
+        if self.sequence:
+            return dict(meta_lr=self.meta_lr)
         if self.metric:
             return dict(meta_lr=self.meta_lr, lr_decay_every=self.lr_decay_every)
         if self.learner == "finetune":
@@ -143,6 +181,13 @@ class Experiment:
         return self._tasks("eval", self.ways, self.shots, self.queries, EVAL_SEED)
 
     def _tasks(self, role: str, ways, shots, queries, seed):
+        tasks = self._plain_tasks(role, ways, shots, queries, seed)
+        if self.sequence:
+            from dualmeta.sequences import ShuffledSupport
+            return ShuffledSupport(tasks)
+        return tasks
+
+    def _plain_tasks(self, role: str, ways, shots, queries, seed):
         if self.tasks == "sinusoid":
             return RegressionTasks("sinusoid", shots=shots, queries=queries, seed=seed)
         from dualmeta import data  # local: Pillow and the zip readers only for Omniglot
@@ -167,8 +212,8 @@ def resolve(backend: str, learner: str = "maml", tasks: str = "sinusoid", **give
     """
     if tasks not in TASKS:
         raise _expected("tasks", tasks, TASKS)
-    if learner not in MAML_FAMILY + METRIC_LEARNERS:
-        raise _expected("learner", learner, MAML_FAMILY + METRIC_LEARNERS)
+    if learner not in MAML_FAMILY + METRIC_LEARNERS + SEQUENCE_LEARNERS:
+        raise _expected("learner", learner, MAML_FAMILY + METRIC_LEARNERS + SEQUENCE_LEARNERS)
     unknown = sorted(set(given) - {f.name for f in dataclasses.fields(Experiment)})
     if unknown:
         raise ValueError(f"Unknown settings {unknown}; expected among {[f.name for f in dataclasses.fields(Experiment)]}")
@@ -183,6 +228,10 @@ def resolve(backend: str, learner: str = "maml", tasks: str = "sinusoid", **give
                              f"{'compares class embeddings' if learner != 'anil' else 'adapts a classifier head'}); "
                              "use --tasks=omniglot or a MAML-family learner (maml, fomaml, reptile, metasgd)")
         defaults = dict(_SINUSOID)
+        if learner in SEQUENCE_LEARNERS:
+            defaults = dict(_SINUSOID_SEQUENCE, hidden=_SEQUENCE_HIDDEN[learner])
+    elif learner in SEQUENCE_LEARNERS:
+        defaults = dict(_OMNIGLOT_SEQUENCE, split="vinyals")
     else:
         defaults = dict(_OMNIGLOT_METRIC if learner in METRIC_LEARNERS else _OMNIGLOT_MAML)
         defaults["split"] = "vinyals"
@@ -202,7 +251,7 @@ def resolve(backend: str, learner: str = "maml", tasks: str = "sinusoid", **give
                 raise ValueError(f"--{key} does not apply to --learner=finetune (it trains without an inner "
                                  "loop; --inner_lr and --test_inner_steps set the fine-tuning); drop it")
         settings.update(inner_steps=0, inner_reduction="mean")
-    if learner in METRIC_LEARNERS:
+    if learner in METRIC_LEARNERS + SEQUENCE_LEARNERS:
         for key in ("inner_lr", "inner_steps", "test_inner_steps", "inner_reduction"):
             if key in given:
                 raise ValueError(f"--{key} does not apply to --learner={learner} (it has no inner loop); drop it")
@@ -225,7 +274,7 @@ def _check(e: Experiment) -> None:
     if e.seed < 0 or e.seed in (EVAL_SEED, EVAL_SEED - VAL_SEED_OFFSET):
         raise ValueError(f"Expected a non-negative --seed other than {EVAL_SEED} and {EVAL_SEED - VAL_SEED_OFFSET} "
                          f"(their episodes are the evaluation set); received --seed={e.seed}")
-    if not e.metric:
+    if not e.metric and not e.sequence:
         for key in ("inner_steps", "test_inner_steps"):
             value = getattr(e, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -240,7 +289,7 @@ def _check(e: Experiment) -> None:
     if e.classification:
         if e.split not in SPLITS:
             raise _expected("split", e.split, SPLITS)
-        if not e.metric and e.train_ways != e.ways:
+        if not e.metric and not e.sequence and e.train_ways != e.ways:
             raise ValueError(f"--learner={e.learner} has a classifier with --ways={e.ways} outputs, so it trains "
                              f"with the same number of ways; received --train_ways={e.train_ways}: drop --train_ways")
         for prefix in ("", "train_"):

@@ -41,7 +41,7 @@ def check_dtype(dtype: str) -> str:
 class TensorSpec(NamedTuple):
     """One tensor of a model: its neutral shape, its role, and whether a gradient updates it."""
     shape: tuple[int, ...]
-    kind: str  # 'conv', 'dense', 'bias', 'norm_weight', 'norm_bias', 'running_mean', 'running_var'
+    kind: str  # 'conv', 'conv1d', 'dense', 'bias', 'norm_weight', 'norm_bias', 'running_mean', 'running_var'
     fan_in: int = 0
 
     @property
@@ -158,7 +158,7 @@ def initialize(spec: ModelSpec, seed: int = 0, dtype: str = "float32") -> dict[s
     check_dtype(dtype)
     weights = {}
     for position, (name, tensor) in enumerate(spec.tensors.items()):
-        if tensor.kind in ("conv", "dense", "bias"):
+        if tensor.kind in ("conv", "conv1d", "dense", "bias"):
             rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), position])))
             bound = 1.0 / math.sqrt(tensor.fan_in)
             value = rng.uniform(-bound, bound, size=tensor.shape)

@@ -42,10 +42,17 @@ CASES = {
     "finetune": ("classifier", {"test_inner_steps": 2}),
     "protonet": ("encoder", {}),
     "matchingnet": ("encoder", {"fce": True, "fce_steps": 2}),
+    "lstm": ("lstm", {}),
+    "snail": ("snail", {}),
 }
 
 
 def _model(kind: str, dtype: str = "float32"):
+    if kind in ("lstm", "snail"):  # the model-based learners: a sequence model around a conv4 encoder
+        from torch_meta import sequence
+        encoder = dict(hidden=4, downsample="maxpool", image_size=IMAGE, track_running_stats=True)
+        sizes = dict(hidden=4) if kind == "lstm" else dict(support_size=WAYS, filters=4, keys=(4,), values=(4,))
+        return getattr(sequence, kind)(ways=WAYS, encoder=encoder, dtype=dtype, **sizes)
     if kind == "mlp":
         return models.mlp(hidden=(8, 8), dtype=dtype)
     if kind == "classifier":

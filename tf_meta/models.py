@@ -31,8 +31,11 @@ NORM_MOMENTUM = 0.1  # update rate: running = (1 - momentum) * running + momentu
 _ACTIVATIONS = {"relu": tf.nn.relu, "softplus": tf.nn.softplus}
 
 # Neutral <-> Keras layouts, by tensor kind.
-_TO_NEUTRAL = {"conv": lambda w: np.transpose(w, (3, 2, 0, 1)), "dense": lambda w: np.transpose(w)}
-_FROM_NEUTRAL = {"conv": lambda w: np.transpose(w, (2, 3, 1, 0)), "dense": lambda w: np.transpose(w)}
+# 'conv1d' (SNAIL's causal convolutions): neutral (out, in, k) as torch's Conv1d, Keras' Conv1D (k, in, out).
+_TO_NEUTRAL = {"conv": lambda w: np.transpose(w, (3, 2, 0, 1)), "dense": lambda w: np.transpose(w),
+               "conv1d": lambda w: np.transpose(w, (2, 1, 0))}
+_FROM_NEUTRAL = {"conv": lambda w: np.transpose(w, (2, 3, 1, 0)), "dense": lambda w: np.transpose(w),
+                 "conv1d": lambda w: np.transpose(w, (2, 1, 0))}
 
 
 def _keras_shape(tensor: neutral.TensorSpec) -> tuple[int, ...]:
@@ -41,6 +44,8 @@ def _keras_shape(tensor: neutral.TensorSpec) -> tuple[int, ...]:
         return (shape[2], shape[3], shape[1], shape[0])
     if tensor.kind == "dense":
         return (shape[1], shape[0])
+    if tensor.kind == "conv1d":
+        return (shape[2], shape[1], shape[0])
     return shape
 
 
