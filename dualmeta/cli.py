@@ -257,7 +257,7 @@ def _learner(experiment, backend_name: str | None = None):
     group = _group(name)  # TensorFlow: the strategy comes before any other operation
     if group is not None:
         from dualmeta.launch import check_workers
-        check_workers(group.size, experiment.meta_batch_size)
+        check_workers(group.size, experiment.meta_batch_size, experiment.learner)
     model, config = experiment.model()
     learner = backend.make_learner(name, experiment.learner, model, config,
                                    dtype=experiment.dtype, seed=experiment.seed,
@@ -297,7 +297,7 @@ def _launch(command: str) -> int:
                 f"({'torch.distributed' if engine == 'torch' else 'tf.distribute'}), which is not installed; "
                 f"install it with pip install 'dualmeta[{backend.BACKENDS[engine][2]}]'")
     experiment = _experiment(command, backend_name=name)
-    launch.check_workers(FLAGS.workers, experiment.meta_batch_size)
+    launch.check_workers(FLAGS.workers, experiment.meta_batch_size, experiment.learner)
     note = None
     if command == "train":
         from dualmeta import checkpoint as ckpt

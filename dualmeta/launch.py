@@ -43,7 +43,7 @@ from dualmeta.episodes import Episode, stack_episodes
 
 __all__ = ["EXIT_WORKER_LOST", "DEFAULT_TIMEOUT", "GRACE_SECONDS", "HOST", "WorkerLost", "World", "shard",
            "shard_batch", "ShardedTasks", "world_from_env", "free_ports", "check_ports", "watch_launcher",
-           "launch", "combine_running", "check_workers"]
+           "launch", "combine_running", "check_workers", "DISTRIBUTED_LEARNERS"]
 
 EXIT_WORKER_LOST = 75  # a worker whose peer died: the launcher reports the fault, the worker stays quiet
 DEFAULT_TIMEOUT = 300.0  # seconds a collective may wait for a peer (process group / collective timeout)
@@ -66,10 +66,20 @@ class World:
     launched: bool = False  # started by :func:`launch` (which reports faults itself)
 
 
-def check_workers(workers: int, meta_batch_size: int) -> None:
-    """Raises ``ValueError`` naming the fix unless ``1 <= workers <= meta_batch_size``."""
+# Learners whose meta-step splits into per-worker gradients (``_step_gradients`` / ``_apply_gradients``).
+# The model-based learners (lstm, snail) update their encoder's running statistics once per meta-batch from
+# all of its images, which shards do not reproduce exactly: they run in one process.
+DISTRIBUTED_LEARNERS = ("maml", "fomaml", "reptile", "metasgd", "anil", "finetune", "protonet", "matchingnet")
+
+
+def check_workers(workers: int, meta_batch_size: int, learner: str | None = None) -> None:
+    """Raises ``ValueError`` naming the fix unless ``1 <= workers <= meta_batch_size`` (and, if given, the
+    learner is one of :data:`DISTRIBUTED_LEARNERS`)."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"Expected --workers to be a positive integer; received --workers={workers!r}")
+    if learner is not None and learner not in DISTRIBUTED_LEARNERS:
+        raise ValueError(f"--workers shards the meta-batch of {', '.join(DISTRIBUTED_LEARNERS)}; "
+                         f"--learner={learner} runs in one process: drop --workers")
     if workers > meta_batch_size:
         raise ValueError(f"--workers={workers} exceeds --meta_batch_size={meta_batch_size}: every worker computes "
                          f"at least one task of each meta-batch; use --workers <= {meta_batch_size} or a larger "

@@ -163,6 +163,10 @@ def test_worker_counts_and_environments_are_checked():
         launch.check_workers(5, 4)
     with pytest.raises(ValueError, match="positive integer"):
         launch.check_workers(0, 4)
+    for learner in ("lstm", "snail"):  # their encoder's running statistics are not sharded: one process
+        with pytest.raises(ValueError, match=f"--learner={learner} runs in one process: drop --workers"):
+            launch.check_workers(2, 4, learner)
+    launch.check_workers(2, 4, "maml")
     assert launch.world_from_env("torch", {}) is None and launch.world_from_env("tf", {}) is None
     world = launch.world_from_env("torch", {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "LOCAL_RANK": "1"})
     assert (world.rank, world.size, world.local_rank) == (1, 2, 1)
