@@ -26,17 +26,67 @@ FLUSH_SECS = 1  # a killed run loses at most the last second of events
 MAX_QUEUE = 1000  # events waiting for the writer thread (at 10, its default, every step waits for it)
 
 
+_SCHEME = "dualmeta-file"  # tensorboardX opens paths "<scheme>:<path>" through the factory registered for it
+
+
 def _tensorboardx():
     """The ``tensorboardX`` module, imported without torch unless torch is already loaded."""
-    if "tensorboardX" in sys.modules or "torch" in sys.modules:
-        import tensorboardX
-        return tensorboardX
-    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
-    try:
-        import tensorboardX
-    finally:
-        del sys.modules["torch"]
+    if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
+        try:
+            import tensorboardX
+        finally:
+            del sys.modules["torch"]
+    import tensorboardX
+    from tensorboardX import record_writer
+    record_writer.register_writer_factory(_SCHEME, _LocalFiles())
     return tensorboardX
+
+
+class _EventFile:
+    """An event file that its writer thread flushes to the OS without ``fsync`` (tensorboardX's local files
+    fsync at every flush, once a second); a failed write (a full disk) drops the events with one warning
+    instead of killing the thread, so a run reports its real error (e.g. the checkpoint it could not save)."""
+
+    def __init__(self, path: str):
+        self._file, self._failed = open(path, "wb"), False
+
+    def _guard(self, operation, *args) -> None:
+        if self._failed:
+            return
+        try:
+            operation(*args)
+        except OSError as error:
+            self._failed = True
+            print(f"dualmeta: warning: TensorBoard events no longer written to {self._file.name}: {error}",
+                  file=sys.stderr, flush=True)
+
+    def write(self, data: bytes) -> None:
+        self._guard(self._file.write, data)
+
+    def flush(self) -> None:
+        self._guard(self._file.flush)
+
+    def close(self) -> None:
+        self.flush()
+        try:
+            self._file.close()
+        except OSError:
+            pass
+
+
+class _LocalFiles:
+    """The tensorboardX writer factory of ``_SCHEME`` paths: local :class:`_EventFile` s."""
+
+    @staticmethod
+    def _local(path: str) -> str:
+        return path.split(":", 1)[1]
+
+    def open(self, path: str) -> _EventFile:
+        return _EventFile(self._local(path))
+
+    def directory_check(self, path: str) -> None:
+        os.makedirs(self._local(path), exist_ok=True)
 
 
 class EventWriter:
@@ -54,7 +104,7 @@ class EventWriter:
         # second apart, and a resumed run's file (with its restart event) after the interrupted run's.
         suffix = f".{time.time_ns() // 1000:016d}.{os.getpid()}.dualmeta"
         tbx = _tensorboardx()
-        self._writer = tbx.SummaryWriter(os.fspath(logdir), max_queue=MAX_QUEUE,
+        self._writer = tbx.SummaryWriter(f"{_SCHEME}:{os.path.abspath(logdir)}", max_queue=MAX_QUEUE,
                                           flush_secs=FLUSH_SECS, filename_suffix=suffix)
         (self.path,) = glob.glob(os.path.join(glob.escape(os.fspath(logdir)), f"events.out.tfevents.*{suffix}"))
         self._event_pb2 = sys.modules["tensorboardX.proto.event_pb2"]

@@ -52,8 +52,7 @@ class Progress:
         """The plain line of ``step`` (tqdm's rate and remaining time since the first step of this run)."""
         text = "".join(f"  {'acc' if name == 'accuracy' else name} {value:.4f}" for name, value in metrics.items())
         return tqdm.format_meter(step, self.total, time.perf_counter() - self.t0, prefix=self.label,
-                                       unit=" steps", initial=self.start, bar_format=self.PLAIN_FORMAT,
-                                       metrics=text)
+                                 unit=" steps", initial=self.start, bar_format=self.PLAIN_FORMAT, metrics=text)
 
     def update(self, step: int, metrics: Mapping[str, float]) -> None:
         if self._bar is not None:
