@@ -96,3 +96,28 @@ def test_writing_events_imports_neither_framework(tmp_path):
         pytest.skip("torch is not installed")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_failed_event_write_warns_once_and_the_run_goes_on(tmp_path, capsys, monkeypatch):
+    """A full disk: the events are dropped with one warning; writing and closing raise nothing."""
+    writer = tensorboard.EventWriter(tmp_path)
+    writer.scalars(1, {"train/loss": 0.5})
+    event_file = writer._writer.file_writer.event_writer._ev_writer._py_recordio_writer._writer
+    assert isinstance(event_file, tensorboard._EventFile)
+
+    class FullDisk:
+        name = event_file._file.name
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        flush = close = lambda self: None
+
+    real = event_file._file
+    monkeypatch.setattr(event_file, "_file", FullDisk())
+    for step in range(2, 5):
+        writer.scalars(step, {"train/loss": 0.5})
+    writer.close()
+    real.close()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
