@@ -74,6 +74,8 @@ flags.DEFINE_integer("val_every", 1000, "Validate every N steps (and at the last
 flags.DEFINE_integer("val_episodes", 100, "Validation episodes.")
 flags.DEFINE_integer("checkpoint_every", 1000, "Checkpoint every N steps (and at the end); 0: only at the end.")
 flags.DEFINE_integer("log_every", 100, "Progress line every N steps when stderr is not a terminal.")
+flags.DEFINE_boolean("progress", True, "Training progress on stderr: a tqdm bar on a terminal, a line every "
+                     "--log_every steps otherwise; --noprogress: none.")
 flags.DEFINE_integer("lr_decay_every", None, "protonet/matchingnet: halve --meta_lr every N steps "
                      "(default: protonet 2000, as Snell et al.; matchingnet never).")
 flags.DEFINE_integer("warmup", 3, "bench: untimed warm-up steps.")
@@ -436,7 +438,7 @@ def cmd_train() -> int:
         writer = EventWriter(logdir)
         writer.start(start + 1)
         metrics_log = MetricsLog(os.path.join(logdir, "metrics.jsonl"))
-        progress = Progress(experiment.steps, start, every=FLAGS.log_every)
+        progress = Progress(experiment.steps, start, every=FLAGS.log_every, enabled=FLAGS.progress)
     group = _GROUPS.get(experiment.backend)
     try:
         outcome = train(learner, tasks, experiment.meta_batch_size, experiment.steps, start_step=start,
@@ -537,7 +539,7 @@ def cmd_compare() -> int:
             try:
                 outcome = train(learner, tasks, experiment.meta_batch_size, experiment.steps, writer=writer,
                                 metrics_log=log, progress=Progress(experiment.steps, every=every,
-                                                                   label=f"{name:5s} "),
+                                                                   label=f"{name:5s} ", enabled=FLAGS.progress),
                                 agree=group.agree if group is not None else None)
             finally:
                 log.close()

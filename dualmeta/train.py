@@ -1,8 +1,8 @@
 """The meta-training loop, written once for both backends (it only calls the ``Learner`` interface).
 
 Step ``s`` (1-based) trains on meta-batch ``s - 1`` of the task set, so the step alone fixes the next
-batch and a resumed run repeats an uninterrupted one exactly. Each step's metrics go to a progress line
-on stderr, ``metrics.jsonl`` and TensorBoard (tags ``train/loss``, ``train/accuracy``,
+batch and a resumed run repeats an uninterrupted one exactly. Each step's metrics go to a tqdm progress bar
+(or line) on stderr, ``metrics.jsonl`` and TensorBoard (tags ``train/loss``, ``train/accuracy``,
 ``train/steps_per_s``, ``val/loss``, ``val/accuracy``). SIGINT and SIGTERM end the loop after the
 current step, which is then checkpointed; a second signal aborts at once (the last checkpoint survives).
 A non-finite loss stops the loop before anything is saved.
@@ -19,57 +19,54 @@ import threading
 import time
 from typing import Callable, Mapping, NamedTuple, TextIO
 
-__all__ = ["Progress", "MetricsLog", "Outcome", "NonFiniteLoss", "train", "format_duration"]
+from tqdm import tqdm
 
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+__all__ = ["Progress", "MetricsLog", "Outcome", "NonFiniteLoss", "train"]
 
 
 class Progress:
-    """``step 120/1000  loss 0.4123  acc 0.812  35.2 steps/s  ETA 0m25s`` on ``stream`` (stderr).
+    """Training progress on ``stream`` (stderr), drawn by tqdm.
 
-    On a terminal the line is rewritten in place (``\\r``, at most 10 times a second); otherwise a line
-    is printed every ``every`` steps and at the last step.
+    On a terminal: a tqdm bar, updated in place at most 10 times a second
+    (``torch  12%|█▏        | 120/1000 [00:03<00:25, 35.20step/s, loss=0.4123, acc=0.8120]``). Otherwise (a log
+    file, CI): a plain line every ``every`` steps and at the last step, formatted by tqdm
+    (``torch step 500/5000  loss 1.7019  428.40 steps/s  ETA 00:11``). ``enabled=False`` (``--noprogress``):
+    nothing.
     """
 
+    PLAIN_FORMAT = "{desc}step {n_fmt}/{total_fmt}{metrics}  {rate_noinv_fmt}  ETA {remaining}"
+
     def __init__(self, total: int, start: int = 0, stream: TextIO | None = None, every: int = 100,
-                 label: str = ""):
+                 label: str = "", enabled: bool = True):
         self.total, self.start, self.every, self.label = total, start, max(1, every), label
         self.stream = sys.stderr if stream is None else stream
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.enabled = enabled
+        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = time.perf_counter()
-        self._last_draw = 0.0
-        self._drawn = False
+        self._bar = None
+        if self.tty:
+            self._bar = tqdm(total=total, initial=start, desc=label.strip() or None, unit="step",
+                             file=self.stream, mininterval=0.1, dynamic_ncols=True, leave=True)
 
     def line(self, step: int, metrics: Mapping[str, float]) -> str:
-        elapsed = time.perf_counter() - self.t0
-        rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - step) / rate if rate > 0 else 0.0
-        parts = [f"{self.label}step {step}/{self.total}"]
-        parts += [f"{'acc' if name == 'accuracy' else name} {value:.4f}" for name, value in metrics.items()]
-        parts += [f"{rate:.1f} steps/s", f"ETA {format_duration(eta)}"]
-        return "  ".join(parts)
+        """The plain line of ``step`` (tqdm's rate and remaining time since the first step of this run)."""
+        text = "".join(f"  {'acc' if name == 'accuracy' else name} {value:.4f}" for name, value in metrics.items())
+        return tqdm.format_meter(step, self.total, time.perf_counter() - self.t0, prefix=self.label,
+                                 unit=" steps", initial=self.start, bar_format=self.PLAIN_FORMAT, metrics=text)
 
     def update(self, step: int, metrics: Mapping[str, float]) -> None:
-        last = step >= self.total
-        if self.tty:
-            now = time.perf_counter()
-            if last or now - self._last_draw >= 0.1:
-                self.stream.write("\r\033[K" + self.line(step, metrics))
-                self.stream.flush()
-                self._last_draw, self._drawn = now, True
-        elif last or step % self.every == 0:
+        if self._bar is not None:
+            self._bar.set_postfix({("acc" if name == "accuracy" else name): f"{value:.4f}"
+                                   for name, value in metrics.items()}, refresh=False)
+            self._bar.update(step - self._bar.n)
+        elif self.enabled and (step >= self.total or step % self.every == 0):
             self.stream.write(self.line(step, metrics) + "\n")
             self.stream.flush()
 
     def close(self) -> None:
-        if self.tty and self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 class MetricsLog:
@@ -158,7 +155,7 @@ def train(learner, tasks, meta_batch_size: int, steps: int, *, start_step: int =
       save: ``save(step)`` writes a checkpoint; called every ``checkpoint_every`` steps, at the last step
         and when a signal stops the run.
       validate: returns validation metrics; called every ``val_every`` steps and at the last step.
-      writer: a :class:`dualmeta.tensorboard.EventWriter` (or None); metrics_log: a :class:`MetricsLog`.
+      writer: a :class:`dualmeta.tensorboard.EventWriter` (tensorboardX; or None); metrics_log: a :class:`MetricsLog`.
       saved_step: the step of the checkpoint the run starts from (named if the loss becomes non-finite).
       agree: for distributed runs, ``agree(signal_number or 0)`` returns the largest value over the workers;
         called before every step, so that a signal any worker receives stops them all after the same step.

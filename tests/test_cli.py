@@ -118,9 +118,12 @@ def test_train_writes_checkpoint_tensorboard_metrics_and_report(trained):
     assert [r["step"] for r in lines if r["split"] == "val"] == [20, 40]
     events = list(logdir.glob("events.out.tfevents.*"))
     assert len(events) == 1
-    from dualmeta.tensorboard import read_records
-    records = read_records(events[0])
-    assert b"brain.Event:2" in records[0] and b"train/loss" in records[2] and any(b"val/loss" in r for r in records)
+    event_file_loader = pytest.importorskip("tensorboard.backend.event_processing.event_file_loader")
+    records = list(event_file_loader.EventFileLoader(str(events[0])).Load())
+    assert records[0].file_version == "brain.Event:2"
+    assert (records[1].step, records[1].session_log.status) == (1, records[1].session_log.START)
+    tags = [(e.step, v.tag) for e in records for v in e.summary.value]
+    assert tags[0] == (1, "train/loss") and (20, "val/loss") in tags and (STEPS, "val/loss") in tags
     report = json.loads((logdir / "report.json").read_text())
     assert set(report) >= {"mse", "loss", "episodes", "backend", "learner"} and "accuracy" not in report
     assert set(report["mse"]) == {"mean", "ci95"} and report["episodes"] == 10 and report["backend"] == "torch"
@@ -233,8 +236,9 @@ def test_signal_saves_a_checkpoint_and_exits(sig, code, tmp_path):
 def test_compare_writes_the_report_files_and_passes(tmp_path):
     logdir = tmp_path / "cmp"
     result = run_cli("compare", "--steps=6", "--hidden=8", "--meta_batch_size=2", "--episodes=5",
-                     f"--logdir={logdir}", cwd=tmp_path, check=0)
+                     f"--logdir={logdir}", "--noprogress", cwd=tmp_path, check=0)
     assert "verdict: PASS" in result.stdout
+    assert "step " not in result.stderr and "evaluated 5 episodes" in result.stderr  # --noprogress
     for ext in ("json", "md", "png"):
         assert f"wrote {logdir / f'compare.{ext}'}" in result.stdout
     report = json.loads((logdir / "compare.json").read_text())
@@ -248,6 +252,19 @@ def test_compare_writes_the_report_files_and_passes(tmp_path):
     np.testing.assert_allclose(report["backends"]["tf"]["losses"], report["backends"]["torch"]["losses"], rtol=1e-8)
     assert "**Verdict: PASS**" in (logdir / "compare.md").read_text()
     assert (logdir / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    event_multiplexer = pytest.importorskip("tensorboard.backend.event_processing.plugin_event_multiplexer")
+    from tensorboard.util import tensor_util
+    overlay = event_multiplexer.EventMultiplexer()  # what `tensorboard --logdir=<compare folder>` loads
+    overlay.AddRunsFromDirectory(str(logdir))
+    overlay.Reload()
+    assert sorted(overlay.Runs()) == ["tf", "torch"]
+    curves = {}
+    for run in ("tf", "torch"):
+        tensors = overlay.Tensors(run, "train/loss")  # the data provider's view: scalars as tensors
+        assert [e.step for e in tensors] == list(range(1, 7))
+        curves[run] = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in tensors]
+    np.testing.assert_allclose(curves["tf"], report["backends"]["torch"]["losses"], rtol=1e-6)
+    np.testing.assert_allclose(curves["torch"], report["backends"]["torch"]["losses"], rtol=1e-6)
 
 
 def test_compare_default_is_what_the_docs_claim():
@@ -505,7 +522,7 @@ class _Terminal:
         pass
 
 
-def test_progress_rewrites_a_terminal_line_and_prints_lines_otherwise():
+def test_progress_draws_a_tqdm_bar_on_a_terminal_and_prints_lines_otherwise():
     import io
     plain = io.StringIO()
     progress = Progress(10, stream=plain, every=5)
@@ -516,11 +533,19 @@ def test_progress_rewrites_a_terminal_line_and_prints_lines_otherwise():
     assert len(lines) == 2 and lines[0].startswith("step 5/10  loss 0.5000  acc 0.2500") and "steps/s" in lines[1]
     assert "ETA" in lines[0] and "\r" not in plain.getvalue()
     terminal = _Terminal()
-    progress = Progress(10, stream=terminal, every=5)
+    progress = Progress(10, start=2, stream=terminal, every=5, label="tf    ")
+    assert progress._bar is not None and progress._bar.n == 2  # a tqdm bar, resumed at step 2
+    for step in range(3, 11):
+        progress.update(step, {"loss": 0.5})
+    progress.close()
+    assert terminal.text.startswith("\r") and "10/10" in terminal.text and "loss=0.5000" in terminal.text
+    assert terminal.text.startswith("\rtf:") and terminal.text.endswith("\n")
+    silent = _Terminal()
+    progress = Progress(10, stream=silent, enabled=False)  # --noprogress
     for step in range(1, 11):
         progress.update(step, {"loss": 0.5})
     progress.close()
-    assert terminal.text.startswith("\r") and "step 10/10" in terminal.text and terminal.text.endswith("\n")
+    assert silent.text == "" and cli.FLAGS["progress"].default is True
 
 
 def test_checkpoint_save_is_atomic_under_enospc(tmp_path, monkeypatch):
