@@ -563,8 +563,9 @@ def pilot_section(results_dir: str) -> list[str]:
     pilots = sorted((r for p in paths for r in read_runs(p, results_dir, role="val")), key=run_order)
     lines = ["## Pilot runs (validation classes)", "",
              "The runs that chose a shipped setting (the cosine scale of Matching Networks, the support-loss "
-             "reduction of Reptile's recipe, the training shots of ProtoNet's 1-shot recipe). Each trains on the training classes and is scored on the validation "
-             "classes (`--evaluate_on=val`); none draws a test episode.", ""]
+             "reduction of Reptile's recipe, the training shots of ProtoNet's 1-shot recipe). Each trains on the "
+             "training classes and is scored on the validation classes (`--evaluate_on=val`); none draws a test "
+             "episode.", ""]
     rows = []
     for run in pilots:
         for setting, result in run.test.items():
