@@ -670,7 +670,10 @@ def main(argv: list[str]) -> int:
             return _launch(argv[1])
         if _worker():
             watch_launcher()
-        return _COMMANDS[argv[1]]()
+        code = _COMMANDS[argv[1]]()
+        for group in _GROUPS.values():  # leave the process group before exit: torch's gloo threads abort
+            group.close()               # the interpreter ("terminate called...") if it is still joined
+        return code
     except WorkerLost as error:
         if os.environ.get("DUALMETA_LAUNCHER_PID"):
             sys.exit(EXIT_WORKER_LOST)  # the launcher names the dead worker
