@@ -74,11 +74,16 @@ class ProtocolError(ValueError):
     """Two sets of classes that must be disjoint share a character."""
 
 
+def _character(class_name: str) -> str:
+    """``"Alphabet/characterNN/rotDDD"`` -> ``"Alphabet/characterNN"``: rotations are one character."""
+    return class_name.rsplit("/rot", 1)[0]
+
+
 def characters(dataset: ClassDataset) -> set[str]:
     """The characters (``"Alphabet/characterNN"``, rotations folded) of a dataset's classes."""
     if dataset.names is None:
         raise ValueError("Expected a dataset with class names (an Omniglot split); received one without")
-    return {name.rsplit("/rot", 1)[0] for name in dataset.names}
+    return {_character(name) for name in dataset.names}
 
 
 def check_disjoint(**datasets: ClassDataset | None) -> None:
@@ -152,7 +157,7 @@ def characters_drawn(tasks: ClassificationTasks, episodes: int, start: int = 0) 
     names = tasks.dataset.names
     if names is None:
         raise ValueError("Expected tasks over a dataset with class names; received one without")
-    return {names[c].rsplit("/rot", 1)[0] for i in range(start, start + episodes) for c in tasks.classes(i)}
+    return {_character(names[c]) for i in range(start, start + episodes) for c in tasks.classes(i)}
 
 
 # ----------------------------------------------------------------------------------------------------

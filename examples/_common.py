@@ -76,6 +76,17 @@ def run_protocol(images):
     return chosen, final, FLAGS.evaluate_on
 
 
+def validation_curve(chosen, learner, ways: int, shots: int):
+    """``(tasks, curve)``: the accuracy curve's episodes, drawn from the validation classes (never the test
+    classes), and the function ``budget.train_for`` calls to measure it; ``(None, None)`` without a curve."""
+    from dualmeta.episodes import ClassificationTasks
+
+    if FLAGS.curve_every <= 0 or FLAGS.minutes <= 0:
+        return None, None
+    tasks = ClassificationTasks(chosen.val, ways, shots, FLAGS.test_queries, seed=FLAGS.eval_seed)
+    return tasks, (lambda: learner.evaluate(tasks.episode(i) for i in range(FLAGS.curve_episodes)))
+
+
 def protocol_record(chosen, curve_tasks, curve_episodes: int, final_role: str) -> dict:
     """What the results file says about the protocol: the split and its sets, what the curve drew (the
     characters of its episodes, checked disjoint from the test characters), and what the final score is on."""

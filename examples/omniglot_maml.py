@@ -44,7 +44,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _common import (NOT_TRAINED, check_run_flags, load_init_weights, protocol_record,  # noqa: E402
-                     run_protocol, trained_characters)  # (examples/_common.py)
+                     run_protocol, trained_characters, validation_curve)  # (examples/_common.py)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("backend", "torch", ["tf", "torch"], "Backend.")
@@ -138,9 +138,7 @@ def main(argv):
     # The curve uses the validation classes, never the test classes (dualmeta.protocol); the curve's batch
     # norm is the run's first --test_norm.
     learner.test_norm = norms[0]
-    curve_tasks = (ClassificationTasks(chosen.val, e.ways, e.shots, FLAGS.test_queries, seed=FLAGS.eval_seed)
-                   if FLAGS.curve_every > 0 and FLAGS.minutes > 0 else None)
-    curve = (lambda: learner.evaluate(curve_tasks.episode(i) for i in range(FLAGS.curve_episodes)))
+    curve_tasks, curve = validation_curve(chosen, learner, e.ways, e.shots)
     report = {"measured": budget.provenance("examples/omniglot_maml.py"), "config": config,
               "protocol": protocol_record(chosen, curve_tasks, FLAGS.curve_episodes, final_role)}
     if initial is not None:
@@ -149,7 +147,7 @@ def main(argv):
         report["train"] = dict(NOT_TRAINED) if FLAGS.minutes == 0 else budget.train_for(
             learner, ClassificationTasks(chosen.train, e.ways, e.train_shots, e.train_queries, seed=e.seed),
             e.meta_batch_size, FLAGS.minutes, max_steps=FLAGS.max_steps, log_every=FLAGS.log_every,
-            curve=curve if curve_tasks is not None else None, curve_every_s=60.0 * FLAGS.curve_every)
+            curve=curve, curve_every_s=60.0 * FLAGS.curve_every)
     except FloatingPointError as error:
         sys.exit(f"error: {error}")
     t = report["train"]

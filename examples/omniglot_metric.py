@@ -50,7 +50,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _common import (NOT_TRAINED, check_run_flags, load_init_weights, protocol_record,  # noqa: E402
-                     run_protocol, trained_characters)  # (examples/_common.py)
+                     run_protocol, trained_characters, validation_curve)  # (examples/_common.py)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("backend", "torch", ["tf", "torch"], "Backend.")
@@ -150,18 +150,16 @@ def main(argv):
     print(f"{FLAGS.backend} {FLAGS.learner}: training on {chosen.train.num_classes} classes ({chosen.label()}), "
           f"{ways}-way {shots}-shot {queries}-query, for {FLAGS.minutes} min", flush=True)
     # The curve uses the validation classes, never the test classes (dualmeta.protocol).
-    curve_tasks = (ClassificationTasks(chosen.val, 5, 1, FLAGS.test_queries, seed=FLAGS.eval_seed)
-                   if FLAGS.curve_every > 0 and FLAGS.minutes > 0 else None)
+    curve_tasks, curve = validation_curve(chosen, learner, 5, 1)
     report = {"measured": budget.provenance("examples/omniglot_metric.py"), "config": config,
               "protocol": protocol_record(chosen, curve_tasks, FLAGS.curve_episodes, final_role)}
     if initial is not None:
         report["init_weights"] = initial
-    curve = (lambda: learner.evaluate(curve_tasks.episode(i) for i in range(FLAGS.curve_episodes)))
     try:
         report["train"] = dict(NOT_TRAINED) if FLAGS.minutes == 0 else budget.train_for(
             learner, ClassificationTasks(chosen.train, ways, shots, queries, seed=FLAGS.seed), 1, FLAGS.minutes,
             max_steps=FLAGS.max_steps, log_every=FLAGS.log_every,
-            curve=curve if curve_tasks is not None else None, curve_every_s=60.0 * FLAGS.curve_every)
+            curve=curve, curve_every_s=60.0 * FLAGS.curve_every)
     except FloatingPointError as error:
         sys.exit(f"error: {error}")
     report["train"]["final_lr"] = learner.learning_rate()
