@@ -91,17 +91,21 @@ def train_for(learner, tasks, meta_batch_size: int, minutes: float, *, max_steps
 
 
 def evaluate_settings(learner, dataset, settings: Iterable[tuple[int, int]], queries: int, episodes: int,
-                      seed: int, print_fn: Callable[[str], None] | None = print, **evaluate_kwargs) -> dict:
+                      seed: int, print_fn: Callable[[str], None] | None = print, wrap: Callable | None = None,
+                      **evaluate_kwargs) -> dict:
     """``{"5w1s": {"accuracy": {...}, "loss": {...}, "seconds": s}, ...}`` over ``episodes`` fixed episodes.
 
     Episode ``i`` of a setting is the same in every run and backend (``ClassificationTasks(dataset, ways,
-    shots, queries, seed).episode(i)``).
+    shots, queries, seed).episode(i)``, passed through ``wrap`` if given, e.g.
+    ``dualmeta.sequences.ShuffledSupport`` for the model-based learners).
     """
     from dualmeta.episodes import ClassificationTasks
 
     results = {}
     for ways, shots in settings:
         tasks = ClassificationTasks(dataset, ways, shots, queries, seed=seed)
+        if wrap is not None:
+            tasks = wrap(tasks)
         start = time.perf_counter()
         result = learner.evaluate((tasks.episode(i) for i in range(episodes)), **evaluate_kwargs)
         name = f"{ways}w{shots}s"

@@ -76,14 +76,17 @@ def run_protocol(images):
     return chosen, final, FLAGS.evaluate_on
 
 
-def validation_curve(chosen, learner, ways: int, shots: int):
+def validation_curve(chosen, learner, ways: int, shots: int, wrap=None):
     """``(tasks, curve)``: the accuracy curve's episodes, drawn from the validation classes (never the test
-    classes), and the function ``budget.train_for`` calls to measure it; ``(None, None)`` without a curve."""
+    classes), and the function ``budget.train_for`` calls to measure it; ``(None, None)`` without a curve.
+    ``wrap``: applied to the task set (``dualmeta.sequences.ShuffledSupport`` for the model-based learners)."""
     from dualmeta.episodes import ClassificationTasks
 
     if FLAGS.curve_every <= 0 or FLAGS.minutes <= 0:
         return None, None
     tasks = ClassificationTasks(chosen.val, ways, shots, FLAGS.test_queries, seed=FLAGS.eval_seed)
+    if wrap is not None:
+        tasks = wrap(tasks)
     return tasks, (lambda: learner.evaluate(tasks.episode(i) for i in range(FLAGS.curve_episodes)))
 
 

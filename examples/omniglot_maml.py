@@ -1,7 +1,9 @@
-"""MAML-family learners on Omniglot: train for a time budget, then evaluate on the Vinyals test classes.
+"""Meta-batch learners on Omniglot: train for a time budget, then evaluate on the Vinyals test classes.
 
 Learners: ``maml`` (second order), ``fomaml``, ``reptile``, ``metasgd``, ``anil`` and the ``finetune``
-baseline, in either backend. Defaults follow Finn et al. 2017 and the original code: the stride-2 conv4
+baseline, and the model-based ``lstm`` and ``snail`` (``dualmeta.sequences``: the episode read as a
+sequence, support order shuffled by address; a max-pool conv4 embedding with running batch-norm statistics,
+the defaults of ``dualmeta.experiment``), in either backend. Defaults follow Finn et al. 2017 and the original code: the stride-2 conv4
 (64 channels, features averaged over space), 5-way 1-shot tasks with **one query per class** in training
 (as the original code; 15 per class at test), meta-batch 32, one inner SGD step of 0.4 in training and
 three at test, the support loss summed and divided by the shots (``inner_reduction='sum_per_shot'``),
@@ -29,6 +31,7 @@ format) to ``--checkpoint``.
         --meta_batch_size=16                                      # the paper's 20-way setting
     python examples/omniglot_maml.py --test_norm=query,support --minutes=10        # transductive and not
     python examples/omniglot_maml.py --learner=reptile --inner_reduction=mean --evaluate_on=val --minutes=3  # pilot
+    python examples/omniglot_maml.py --learner=snail --ways=20 --minutes=30       # model-based, 20-way 1-shot
     python examples/omniglot_maml.py --minutes=0.05 --episodes=3 --hidden=8 --threads=1   # smoke test
     python examples/omniglot_maml.py --device=cuda --minutes=30       # torch on a GPU (the learner follows the model)
     python examples/omniglot_maml.py --backend=tf --minutes=0 --init_weights=maml_torch.safetensors  # evaluate only
@@ -48,7 +51,8 @@ from _common import (NOT_TRAINED, check_run_flags, load_init_weights, protocol_r
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("backend", "torch", ["tf", "torch"], "Backend.")
-flags.DEFINE_enum("learner", "maml", ["maml", "fomaml", "reptile", "metasgd", "anil", "finetune"], "Learner.")
+flags.DEFINE_enum("learner", "maml", ["maml", "fomaml", "reptile", "metasgd", "anil", "finetune", "lstm", "snail"],
+                  "Learner.")
 flags.DEFINE_float("minutes", 30.0, "Training time budget in minutes (the step in flight finishes).")
 flags.DEFINE_integer("max_steps", None, "Stop training after this many meta-steps even within the budget.")
 flags.DEFINE_integer("ways", 5, "Classes per task (training and test).")
@@ -69,7 +73,8 @@ flags.DEFINE_float("meta_lr", None, "Meta learning rate (default Adam 1e-3; rept
 flags.DEFINE_integer("episodes", 600, "Test episodes.")
 flags.DEFINE_list("test_norm", ["query"], "Batch-norm statistics at test, one evaluation each (the first is the "
                   "run's figure): query (the query set's own: transductive, as Finn et al.), support (the support "
-                  "set's: not transductive). E.g. --test_norm=query,support.")
+                  "set's: not transductive). E.g. --test_norm=query,support. lstm, snail: running statistics "
+                  "(fixed).")
 flags.DEFINE_float("curve_every", 3.0, "Minutes of training between points of the accuracy curve (0: none).")
 flags.DEFINE_integer("curve_episodes", 100, "Test episodes per point of the accuracy curve.")
 flags.DEFINE_integer("hidden", 64, "Convolution channels.")
@@ -114,6 +119,13 @@ def main(argv):
     for norm in norms:
         if norm not in ("query", "support"):
             raise app.UsageError(f"Expected --test_norm values among ['query', 'support']; received {norm!r}")
+    wrap = None
+    if experiment.sequence:  # the embedding keeps running statistics: each query is embedded alone
+        if FLAGS["test_norm"].present:
+            raise app.UsageError(f"--test_norm does not apply to --learner={FLAGS.learner} (its embedding "
+                                 f"normalises with running statistics at test); drop it")
+        from dualmeta.sequences import ShuffledSupport as wrap
+        norms = ["running"]
     images = data.load_omniglot_images(FLAGS.data_dir, image_size=28)
     chosen, final, final_role = run_protocol(images)
     trained_characters(chosen, initial, images)  # refuses --init_weights trained on the test classes
@@ -137,15 +149,19 @@ def main(argv):
 
     # The curve uses the validation classes, never the test classes (dualmeta.protocol); the curve's batch
     # norm is the run's first --test_norm.
-    learner.test_norm = norms[0]
-    curve_tasks, curve = validation_curve(chosen, learner, e.ways, e.shots)
+    if not e.sequence:
+        learner.test_norm = norms[0]
+    curve_tasks, curve = validation_curve(chosen, learner, e.ways, e.shots, wrap=wrap)
+    train_tasks = ClassificationTasks(chosen.train, e.train_ways, e.train_shots, e.train_queries, seed=e.seed)
+    if wrap is not None:
+        train_tasks = wrap(train_tasks)
     report = {"measured": budget.provenance("examples/omniglot_maml.py"), "config": config,
               "protocol": protocol_record(chosen, curve_tasks, FLAGS.curve_episodes, final_role)}
     if initial is not None:
         report["init_weights"] = initial
     try:
         report["train"] = dict(NOT_TRAINED) if FLAGS.minutes == 0 else budget.train_for(
-            learner, ClassificationTasks(chosen.train, e.ways, e.train_shots, e.train_queries, seed=e.seed),
+            learner, train_tasks,
             e.meta_batch_size, FLAGS.minutes, max_steps=FLAGS.max_steps, log_every=FLAGS.log_every,
             curve=curve, curve_every_s=60.0 * FLAGS.curve_every)
     except FloatingPointError as error:
@@ -153,10 +169,11 @@ def main(argv):
     t = report["train"]
     print(f"trained {t['steps']} meta-steps in {t['seconds']} s ({t['seconds_per_step']} s/step)", flush=True)
     for i, norm in enumerate(norms):  # the first is the run's figure; the others are extra rows
-        learner.test_norm = norm
+        if not e.sequence:
+            learner.test_norm = norm
         print(f"batch norm at test: {protocol.BATCH_NORM_AT_TEST[norm]}", flush=True)
         result = budget.evaluate_settings(learner, final, [(e.ways, e.shots)], FLAGS.test_queries,
-                                          FLAGS.episodes, FLAGS.eval_seed)
+                                          FLAGS.episodes, FLAGS.eval_seed, wrap=wrap)
         if i == 0:
             report[final_role] = result
         else:
