@@ -24,7 +24,7 @@ TINY = ["--minutes=1", "--hidden=8", "--threads=1"]  # every run also caps --max
 # example file -> the tiny settings of its smoke run(s), one per backend
 SMOKE = {
     "sinusoid.py": lambda b, out: [f"--backends={b}", "--steps=5", "--episodes=3", "--meta_batch_size=2",
-                                   f"--out={out}"],
+                                   "--learners=maml,fomaml,finetune,lstm,snail", "--threads=1", f"--out={out}"],
     "omniglot_maml.py": lambda b, out: [f"--backend={b}", *TINY, "--learner=metasgd", "--max_steps=3", "--episodes=2",
                                         "--curve_every=0.0001", "--curve_episodes=1", "--log_every=1",
                                         f"--out={out}/metrics.json", f"--checkpoint={out}/weights.safetensors"],
@@ -98,8 +98,11 @@ def test_sinusoid_example(backend, tmp_path):
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["measured"]["command"].startswith("python examples/sinusoid.py --backends=")
     assert [(r["backend"], r["learner"]) for r in report["results"]] == [
-        (backend, name) for name in ("maml", "fomaml", "finetune")]
-    assert all(r["mse"][k]["n"] == 3 for r in report["results"] for k in ("1", "5", "10"))
+        (backend, name) for name in ("maml", "fomaml", "finetune", "lstm", "snail")]
+    assert all(r["mse"][k]["n"] == 3 for r in report["results"][:3] for k in ("1", "5", "10"))
+    # the model-based learners take no step at test: one forward-pass MSE, plotted as such
+    assert all(list(r["mse"]) == ["forward"] and r["mse"]["forward"]["n"] == 3 for r in report["results"][3:])
+    assert all("forward" in curve for r in report["results"][3:] for curve in r["curves"])
     assert (tmp_path / "adaptation.png").stat().st_size > 0
 
 
@@ -124,6 +127,28 @@ def test_omniglot_maml_example(backend, tmp_path):
     learner.set_weights(weights)
     assert {n for n in weights if n.startswith("inner_lrs.")}
     _evaluate_in_the_other_backend("omniglot_maml.py", backend, tmp_path, "--learner=metasgd")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_omniglot_maml_example_runs_snail(backend, tmp_path):
+    """The model-based learners through the meta-batch example: SNAIL trains 2 steps on shuffled supports,
+    evaluates with running batch-norm statistics, and the other backend scores its checkpoint the same."""
+    _omniglot_or_skip()
+    run = subprocess.run([sys.executable, os.path.join(EXAMPLES, "omniglot_maml.py"), f"--backend={backend}", *TINY,
+                          "--learner=snail", "--max_steps=2", "--meta_batch_size=2", "--episodes=2",
+                          "--curve_every=0", "--out=metrics.json", "--checkpoint=weights.safetensors"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["train"]["steps"] == 2 and report["config"]["test_norm"] == "running"
+    assert report["config"]["inner_lr"] is None and report["test"]["5w1s"]["accuracy"]["n"] == 2
+    _evaluate_in_the_other_backend("omniglot_maml.py", backend, tmp_path, "--learner=snail")
+    if backend == "torch":
+        refused = subprocess.run([sys.executable, os.path.join(EXAMPLES, "omniglot_maml.py"), *TINY,
+                                  "--learner=lstm", "--test_norm=support"], capture_output=True, text=True,
+                                 timeout=600, cwd=tmp_path)
+        assert refused.returncode == 1 and "--test_norm does not apply" in refused.stderr
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
