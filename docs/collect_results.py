@@ -76,12 +76,16 @@ PAPERS = {
                  {"5w1s": "98.8", "5w5s": "99.7", "20w1s": "96.0", "20w5s": "98.9"}, ""),
     "matchingnet": ("Matching Nets", "Vinyals et al. 2016",
                     {"5w1s": "98.1", "5w5s": "98.9", "20w1s": "93.8", "20w5s": "98.5"}, ""),
+    "lstm": ("LSTM learner", "Santoro et al. 2016", {"5w1s": "82.8", "5w5s": "94.9"},
+             "MANN, a memory-augmented LSTM, as quoted by Mishra et al. 2018"),
+    "snail": ("SNAIL", "Mishra et al. 2018",
+              {"5w1s": "99.07", "5w5s": "99.78", "20w1s": "97.64", "20w5s": "99.36"}, ""),
 }
 # Where the papers' own evaluation takes batch-norm statistics (their code or their text), so that each
 # quoted figure is tagged like our rows.
 PAPER_BATCH_NORM = {"maml": "transductive", "fomaml": "transductive", "reptile": "transductive",
                     "metasgd": "batch norm at test not stated", "protonet": "running statistics",
-                    "matchingnet": "batch norm at test not stated"}
+                    "matchingnet": "batch norm at test not stated", "snail": "batch norm at test not stated"}
 LAKE_PEOPLE_ERROR = ("Lake et al. 2015", "4.5")  # % error of people on the 20 one-shot runs
 REFERENCES = {
     "Finn et al. 2017": "C. Finn, P. Abbeel, S. Levine. Model-Agnostic Meta-Learning for Fast Adaptation of "
@@ -96,6 +100,10 @@ REFERENCES = {
                          "NeurIPS 2017.",
     "Vinyals et al. 2016": "O. Vinyals, C. Blundell, T. Lillicrap, K. Kavukcuoglu, D. Wierstra. Matching "
                            "Networks for One Shot Learning. NeurIPS 2016.",
+    "Santoro et al. 2016": "A. Santoro, S. Bartunov, M. Botvinick, D. Wierstra, T. Lillicrap. Meta-Learning with "
+                           "Memory-Augmented Neural Networks. ICML 2016.",
+    "Mishra et al. 2018": "N. Mishra, M. Rohaninejad, X. Chen, P. Abbeel. A Simple Neural Attentive Meta-Learner. "
+                          "ICLR 2018.",
     "Lake et al. 2015": "B. M. Lake, R. Salakhutdinov, J. B. Tenenbaum. Human-level concept learning through "
                         "probabilistic program induction. Science 350(6266), 2015.",
 }
@@ -687,9 +695,14 @@ def sinusoid_page(results_dir: str, img_dir: str) -> str:
                     + [prov.date, command_cell(prov)])
     lines += ["Mean squared error on the queries of new sine waves after a few gradient steps from the "
               "meta-learned initialisation, with the 95% confidence interval over the test tasks (the regression "
-              f"experiment of Finn et al. 2017). Source: `{shown}`.", ""]
+              f"experiment of Finn et al. 2017). Source: `{shown}`."]
+    if "forward" in steps:
+        lines += ["The model-based learners (LSTM learner, SNAIL) take no gradient step at test: their one figure "
+                  "is the prediction of a forward pass that reads the support set (the same 600 test tasks)."]
     header = ["Backend", "Learner", "Meta-steps", "Training s"] + [
-        f"MSE after {k} step{'s' if k != '1' else ''}" for k in steps] + ["Measured", "Command"]
+        "MSE, forward pass" if k == "forward" else f"MSE after {k} step{'s' if k != '1' else ''}"
+        for k in steps] + ["Measured", "Command"]
+    lines += [""]
     lines += table(header, rows) + [""]
     figure = os.path.join(results_dir, "sinusoid", "adaptation.png")
     if os.path.exists(figure):
