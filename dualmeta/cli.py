@@ -79,6 +79,9 @@ flags.DEFINE_boolean("progress", True, "Training progress on stderr: a tqdm bar 
 flags.DEFINE_integer("lr_decay_every", None, "protonet/matchingnet: halve --meta_lr every N steps "
                      "(default: protonet 2000, as Snell et al.; matchingnet never).")
 flags.DEFINE_integer("warmup", 3, "bench: untimed warm-up steps.")
+flags.DEFINE_integer("seeds", 1, "compare: train both backends with N seeds (--seed, --seed+1, ...) and test whether "
+                     "their final metrics differ by more than the spread between seeds (Welch's t-test; "
+                     "compare-seeds.json/.md in --logdir).")
 flags.DEFINE_integer("threads", None, "CPU threads per backend (intra-op); default 1 for sinusoid (tiny "
                      "operations, where more threads only wait on each other), the framework's own otherwise.")
 flags.DEFINE_integer("workers", None, "train, bench, compare: split every meta-batch over N local worker "
@@ -502,6 +505,44 @@ def cmd_evaluate() -> int:
 
 
 def cmd_compare() -> int:
+    experiment = _experiment("compare", backend_name="torch")
+    logdir = _logdir(experiment, "compare")
+    if FLAGS.seeds == 1:
+        return _compare(experiment, logdir)[0]
+    if FLAGS.seeds < 1:
+        raise ValueError(f"Expected --seeds >= 1 (2 or more give seed-to-seed error bars); received --seeds={FLAGS.seeds}")
+    import dataclasses
+
+    from dualmeta import checkpoint as ckpt
+    from dualmeta import experiment as exp
+    from dualmeta import report as rep
+    from dualmeta import seeds as sd
+    reports = {}
+    for seed in range(experiment.seed, experiment.seed + FLAGS.seeds):
+        one = dataclasses.replace(experiment, seed=seed)
+        exp._check(one)  # a seed of the evaluation episodes is refused
+        _say(f"compare: seed {seed} ({seed - experiment.seed + 1} of {FLAGS.seeds})")
+        code, reports[seed] = _compare(one, os.path.join(logdir, f"seed-{seed}"))
+        if code not in (0, EXIT_ERROR):  # stopped by a signal
+            return code
+    if not _lead("torch"):
+        return 0
+    summary = sd.seeds_summary(reports, "accuracy" if experiment.classification else "mse")
+    config = {k: v for k, v in experiment.to_dict().items() if k not in ("backend", "data_dir", "seed")}
+    rep.write_json(os.path.join(logdir, "compare-seeds.json"), {"config": config, **summary})
+    ckpt.atomic_write_text(os.path.join(logdir, "compare-seeds.md"), sd.seeds_markdown(summary, config))
+    test = summary["welch_tf_minus_torch"]
+    print(f"seeds {summary['seeds'][0]}-{summary['seeds'][-1]}: backends {'AGREE' if summary['agree'] else 'DIFFER'} "
+          f"within the seed-to-seed spread (final {summary['metric']} tf - torch {test['difference']:.3g}, 95% "
+          f"interval [{test['ci95'][0]:.3g}, {test['ci95'][1]:.3g}], Welch p = {test['p']:.3g}); per-step parity "
+          f"{summary['parity'].upper()}")
+    print(sd.STATISTIC)
+    print(f"wrote {os.path.join(logdir, 'compare-seeds.json')} and compare-seeds.md")
+    return 0 if summary["parity"] == "pass" and summary["agree"] else EXIT_ERROR
+
+
+def _compare(experiment, logdir: str):
+    """One comparison (both backends, one seed) into ``logdir``: ``(exit code, report or None)``."""
     import numpy as np
 
     from dualmeta import checkpoint as ckpt
@@ -510,8 +551,6 @@ def cmd_compare() -> int:
     from dualmeta.tolerances import tolerance
     from dualmeta.train import MetricsLog, Progress, train
 
-    experiment = _experiment("compare", backend_name="torch")
-    logdir = _logdir(experiment, "compare")
     lead = _lead("torch")
     if lead:
         ckpt.check_writable(logdir)
@@ -527,7 +566,7 @@ def cmd_compare() -> int:
         if not lead:  # another worker of a distributed comparison: train, and leave the rest to rank 0
             outcome = train(learner, tasks, experiment.meta_batch_size, experiment.steps, agree=group.agree)
             if outcome.status != "done":
-                return EXIT_SIGNAL.get(outcome.status, EXIT_ERROR)
+                return EXIT_SIGNAL.get(outcome.status, EXIT_ERROR), None
             continue
         folder = os.path.join(logdir, name)
         os.makedirs(folder, exist_ok=True)
@@ -545,7 +584,7 @@ def cmd_compare() -> int:
                 log.close()
         if outcome.status != "done":
             _say(f"compare stopped by {outcome.status} during the {name} run; no report written")
-            return EXIT_SIGNAL.get(outcome.status, EXIT_ERROR)
+            return EXIT_SIGNAL.get(outcome.status, EXIT_ERROR), None
         evaluation = _evaluate(learner, experiment, FLAGS.episodes, label=f"{name:5s} ")
         runs[name] = {"losses": outcome.losses, "s_per_step": statistics.median(outcome.times),
                       "mean_s_per_step": outcome.seconds / len(outcome.times), "train_seconds": outcome.seconds,
@@ -553,7 +592,7 @@ def cmd_compare() -> int:
         for key in ("backend", "learner", "tasks", "dtype", "episodes", "eval_seed"):
             runs[name]["evaluation"].pop(key, None)
     if not lead:
-        return 0
+        return 0, None
     diffs = rep.relative_differences(runs["tf"]["losses"], runs["torch"]["losses"])
     tol, kind = tolerance("trajectory_loss", experiment.dtype)
     worst = int(np.argmax(diffs))
@@ -584,7 +623,7 @@ def cmd_compare() -> int:
     if report["verdict"] != "pass" and experiment.dtype == "float32" and experiment.activation == "relu":
         _say("hint: in float32 the backends' round-off lands on opposite sides of ReLU kinks and long "
              "trajectories drift apart; compare with --activation=softplus or --dtype=float64")
-    return 0 if report["verdict"] == "pass" else EXIT_ERROR
+    return (0 if report["verdict"] == "pass" else EXIT_ERROR), report
 
 
 def _synthetic_batch(experiment, seed: int):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualmeta import backend, checkpoint, cli, experiment
+from dualmeta import backend, checkpoint, cli, experiment, seeds
 from dualmeta.tolerances import tolerance
 from dualmeta.train import Progress
 from dualmeta.weights import load_weights, save_weights
@@ -283,6 +283,25 @@ def test_compare_default_is_what_the_docs_claim():
     assert claim in " ".join(docs.split())
 
 
+def test_compare_seeds_reports_seed_to_seed_error_bars(tmp_path):
+    """--seeds=3: one comparison per seed (its own folder), then Welch's test of the backends' final MSEs
+    against the spread between seeds, explained in one sentence; the float64 twins agree."""
+    logdir = tmp_path / "cmp"
+    result = run_cli("compare", "--seeds=3", "--seed=4", "--steps=4", "--hidden=8", "--meta_batch_size=2",
+                     "--episodes=5", f"--logdir={logdir}", "--noprogress", cwd=tmp_path, check=0)
+    assert "seeds 4-6: backends AGREE" in result.stdout and seeds.STATISTIC in result.stdout
+    summary = json.loads((logdir / "compare-seeds.json").read_text())
+    assert summary["seeds"] == [4, 5, 6] and summary["metric"] == "mse" and summary["parity"] == "pass"
+    for seed in (4, 5, 6):
+        one = json.loads((logdir / f"seed-{seed}" / "compare.json").read_text())
+        assert one["config"]["seed"] == seed and one["verdict"] == "pass"
+        assert summary["per_seed"][str(seed)]["torch"] == one["backends"]["torch"]["evaluation"]["mse"]["mean"]
+    torch_values = [summary["per_seed"][str(s)]["torch"] for s in (4, 5, 6)]
+    assert len(set(torch_values)) == 3  # the seeds trained different models
+    assert summary["agree"] and summary["welch_tf_minus_torch"]["p"] > 0.5
+    assert summary["statistic"] in (logdir / "compare-seeds.md").read_text()
+
+
 @pytest.mark.parametrize("args", [
     ["--backend=torch"] + TINY + ["--steps=3"],
     ["--backend=torch", "--tasks=omniglot", "--learner=protonet", "--hidden=4", "--train_ways=5", "--shots=1",
@@ -317,9 +336,10 @@ def test_bench_prints_one_json_line(args, tmp_path):
     (["train", "--tasks=omniglot", "--train_ways=20"], ["--train_ways"], 1),
     (["train", "--learner=protonet"], ["--tasks=omniglot"], 1),
     (["evaluate"], ["--checkpoint="], 1),
+    (["compare", "--seeds=0"], ["--seeds=0", "--seeds >= 1"], 1),
 ], ids=["unknown-flag", "bad-backend", "bad-learner", "bad-dtype", "non-integer", "bad-command", "no-command",
         "zero-shots", "ways-for-sinusoid", "too-many-shots", "train-ways-for-maml", "protonet-on-sinusoid",
-        "evaluate-without-checkpoint"])
+        "evaluate-without-checkpoint", "zero-seeds"])
 def test_bad_flags_fail_with_one_line(args, fragments, code, tmp_path):
     result = run_cli(*args, cwd=tmp_path)
     assert_one_line_error(result, *fragments, code=code)
