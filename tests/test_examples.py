@@ -203,3 +203,24 @@ def test_a_pilot_draws_no_test_episode(example, tmp_path):
                               "--evaluate_on=val", "--curve_every=0"], capture_output=True, text=True, timeout=600,
                              cwd=tmp_path)
     assert refused.returncode == 1 and "no held-out set" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_gpu_paper_runs_script_names_real_flags(tmp_path):
+    """``examples/gpu_paper_runs.sh`` (run only on a lent GPU machine): its dry run prints one command per
+    paper-length run and backend, and every command's flags are flags of its example (absl refuses others)."""
+    script = os.path.join(EXAMPLES, "gpu_paper_runs.sh")
+    dry = subprocess.run(["bash", script], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, DRY="1", BACKENDS="torch tf", PYTHON=sys.executable))
+    assert dry.returncode == 0, dry.stderr
+    commands = [line[2:].split() for line in dry.stdout.splitlines() if line.startswith("+ ")]
+    assert len(commands) == 2 * 13
+    for command in commands:
+        out = next(a for a in command if a.startswith("--out="))
+        assert out.startswith("--out=results/omniglot/") and "_gpu_" in out  # relative: no machine path
+        assert any(a.startswith("--max_steps=") for a in command)
+        parse = ("import os, runpy, sys; from absl import flags; sys.path.insert(0, os.path.dirname(sys.argv[1])); "
+                 "runpy.run_path(sys.argv[1], run_name='flags_only'); "
+                 "flags.FLAGS(sys.argv[1:])")  # defines the example's flags, parses the command's, runs nothing
+        check = subprocess.run([sys.executable, "-c", parse, os.path.join(ROOT, command[1]), *command[2:]],
+                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert check.returncode == 0, f"{' '.join(command)}:\n{check.stderr[-2000:]}"
