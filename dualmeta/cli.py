@@ -79,6 +79,8 @@ flags.DEFINE_boolean("progress", True, "Training progress on stderr: a tqdm bar 
 flags.DEFINE_integer("lr_decay_every", None, "protonet/matchingnet: halve --meta_lr every N steps "
                      "(default: protonet 2000, as Snell et al.; matchingnet never).")
 flags.DEFINE_integer("warmup", 3, "bench: untimed warm-up steps.")
+flags.DEFINE_float("memory_limit", None, "train, compare: GB of resident memory a process may use; above it the "
+                   "run stops with one line and the last checkpoint kept (default: 90% of what was free at the start).")
 flags.DEFINE_integer("seeds", 1, "compare: train both backends with N seeds (--seed, --seed+1, ...) and test whether "
                      "their final metrics differ by more than the spread between seeds (Welch's t-test; "
                      "compare-seeds.json/.md in --logdir).")
@@ -704,6 +706,8 @@ def main(argv: list[str]) -> int:
     from dualmeta.launch import EXIT_WORKER_LOST, WorkerLost, watch_launcher
     from dualmeta.train import NonFiniteLoss
     try:
+        from dualmeta import guard
+        guard.configure(memory_limit_gb=FLAGS.memory_limit)
         _check_device(argv[1])
         if FLAGS.workers is not None and not _worker():
             return _launch(argv[1])

@@ -5,7 +5,9 @@ batch and a resumed run repeats an uninterrupted one exactly. Each step's metric
 (or line) on stderr, ``metrics.jsonl`` and TensorBoard (tags ``train/loss``, ``train/accuracy``,
 ``train/steps_per_s``, ``val/loss``, ``val/accuracy``). SIGINT and SIGTERM end the loop after the
 current step, which is then checkpointed; a second signal aborts at once (the last checkpoint survives).
-A non-finite loss stops the loop before anything is saved.
+A step still running 8 s after the signal, or one that outgrows the memory limit, ends the process with
+one line and the last checkpoint kept (:mod:`dualmeta.guard`). A non-finite loss stops the loop before
+anything is saved.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import signal
 import sys
 import threading
 import time
+
+from dualmeta import guard
 from typing import Callable, Mapping, NamedTuple, TextIO
 
 from tqdm import tqdm
@@ -165,14 +169,15 @@ def train(learner, tasks, meta_batch_size: int, steps: int, *, start_step: int =
     """
     flag: dict = {}
     losses, times, step = [], [], start_step
+    state = {"step": step, "saved_step": saved_step}  # what the watchdog (dualmeta.guard) reports
 
     def checkpoint(at: int) -> None:
         nonlocal saved_step
         if save is not None and saved_step != at:
             save(at)
-            saved_step = at
+            saved_step = state["saved_step"] = at
 
-    with _stop_on_signals(flag):
+    with _stop_on_signals(flag), guard.watching(state):
         while step < steps:
             if agree is not None:
                 received = agree(int(signal.Signals[flag["signal"]]) if flag.get("signal") else 0)
@@ -185,6 +190,7 @@ def train(learner, tasks, meta_batch_size: int, steps: int, *, start_step: int =
             metrics = learner.meta_train_step(batch)
             elapsed = time.perf_counter() - t0
             step += 1
+            state["step"] = step
             times.append(elapsed)
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
@@ -208,6 +214,7 @@ def train(learner, tasks, meta_batch_size: int, steps: int, *, start_step: int =
                     writer.scalars(step, {f"val/{k}": v for k, v in val.items()})
             if step == steps or (checkpoint_every and step % checkpoint_every == 0):
                 checkpoint(step)
+        state["settled"] = True  # no step runs any more: a signal now waits for the checkpoint below
         if progress is not None:
             progress.close()
         if flag.get("signal"):
