@@ -362,6 +362,8 @@ def read_runs(path: str, results_dir: str, role: str = "test") -> list[Run]:
     max_steps = config.get("max_steps")
     stopped_by_steps = isinstance(max_steps, int) and steps >= max_steps and seconds < 60 * minutes
     budget = f"{steps} steps ({seconds / 60:.0f} min)" if stopped_by_steps else f"{minutes:g} min"
+    if config.get("threads") == 1:
+        budget += ", 1 thread"  # a CPU core's minutes, whatever else ran beside it
     has_protocol = "protocol" in data
     if not has_protocol:
         eval_curve = []  # drawn from test episodes before dualmeta.protocol: not shown
@@ -585,6 +587,39 @@ def pilot_section(results_dir: str) -> list[str]:
     return lines
 
 
+def cross_backend_section(results_dir: str) -> list[str]:
+    """Checkpoints evaluated in the other backend (``--minutes=0 --init_weights``, results/cross_backend/),
+    beside the figure of the run that trained them (the results/omniglot/ file whose checkpoint it is)."""
+    paths = sorted(glob.glob(os.path.join(results_dir, "cross_backend", "*.json")))
+    if not paths:
+        return []
+    trained_by = {}
+    for path in glob.glob(os.path.join(results_dir, "omniglot", "*.json")):
+        data = load_json(path)
+        if isinstance(data.get("checkpoint"), str):
+            trained_by[data["checkpoint"]] = data
+    rows = []
+    for path in paths:
+        data = load_json(path)
+        source = field(data, path, "init_weights.path", str)
+        origin = trained_by.get(source)
+        if origin is None:
+            raise ResultsError(f"{path}: no file under results/omniglot/ wrote the checkpoint {source!r}")
+        prov = provenance(data, path, lambda: (field(data, path, "measured.command", str), False))
+        for setting, result in field(data, path, "test", dict).items():
+            own = origin["test"].get(setting)
+            rows.append([learner_name(field(data, path, "config.learner", str)), setting_label(setting),
+                         BACKENDS.get(origin["config"]["backend"]), BACKENDS.get(data["config"]["backend"]),
+                         percent(own["accuracy"]) if own else "—", percent(result["accuracy"]),
+                         "yes" if own and own["accuracy"]["mean"] == result["accuracy"]["mean"] else "no",
+                         int(result["accuracy"]["n"]), prov.date, command_cell(prov)])
+    return ["## A checkpoint in the other backend", "",
+            "The weights a run saved (neutral format) are loaded by the other backend and scored on the same "
+            "fixed test episodes without training (`--minutes=0 --init_weights=...`).", ""] + table(
+        ["Learner", "Setting", "Trained in", "Evaluated in", "Accuracy % in the training backend",
+         "Accuracy % in the other backend", "Same", "Test episodes", "Measured", "Command"], rows) + [""]
+
+
 def omniglot_page(results_dir: str, img_dir: str) -> str:
     paths = sorted(glob.glob(os.path.join(results_dir, "omniglot", "*.json")))
     runs = sorted((r for p in paths for r in read_runs(p, results_dir)), key=run_order)
@@ -619,6 +654,7 @@ def omniglot_page(results_dir: str, img_dir: str) -> str:
     legacy_lake = [r for r in own if r.lake and not r.protocol]
     if lake_runs or legacy_lake:
         lines += lake_section(lake_runs, legacy_lake)
+    lines += cross_backend_section(results_dir)
     lines += pilot_section(results_dir)
 
     lines += ["## Training curves", "",
