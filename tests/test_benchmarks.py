@@ -1,0 +1,24 @@
+"""Smoke runs of the benchmarks that print figures (seconds each, tiny sizes): they run and write their JSON."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_memory_measures_each_runner_in_a_fresh_process(tmp_path):
+    out = tmp_path / "memory.json"
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_memory.py"), "--learners=maml",
+                          "--backends=reference,torch", "--tasks=2", "--hidden=8", "--queries=1", "--inner_steps=3",
+                          f"--out={out}"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [(r["learner"], r["runner"]) for r in report["rows"]] == [("maml", "reference"), ("maml", "torch")]
+    for row in report["rows"]:
+        assert 0 < row["before_mb"] <= row["step_peak_mb"] <= row["process_peak_mb"] + 1
+        assert abs(row["step_growth_mb"] - (row["step_peak_mb"] - row["before_mb"])) <= 0.11
+    assert report["measured"]["command"].startswith("python benchmarks/bench_memory.py --learners=maml")
+    assert "step growth MB" in run.stdout
