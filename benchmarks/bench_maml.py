@@ -230,6 +230,9 @@ LEARNERS = {
     "fomaml": Variant(FirstOrderMAMLReference, "fomaml.FirstOrderMAML", {"inner_lr": 0.4}, 1),
     "metasgd": Variant(MetaSGDReference, "metasgd.MetaSGD", {"inner_lr": 0.4}, 1),
     "anil": Variant(ANILReference, "anil.ANIL", {"inner_lr": 0.4}, 1),
+    # second order with each inner step's graph recomputed in the backward pass (less memory); its
+    # reference is plain MAML's loop, which stores the graph
+    "maml_recompute": Variant(MAMLReference, "maml.MAML", {"inner_lr": 0.4, "recompute_steps": True}, 1),
     "reptile": Variant(ReptileReference, "reptile.Reptile", {"inner_lr": 0.4}, 5),
     "finetune": Variant(FineTuneReference, "finetune.FineTune", {}, None),
 }
@@ -245,6 +248,7 @@ def make_runner(learner: str, backend: str, args):
     variant = LEARNERS[learner]
     kwargs = variant_kwargs(variant, args.inner_steps)
     if backend == "reference":
+        kwargs.pop("recompute_steps", None)
         return variant.reference(args.ways, args.hidden, **kwargs).step
     models = __import__(f"{backend}_meta.models", fromlist=["conv4"])
     module_name, class_name = variant.learner.split(".")

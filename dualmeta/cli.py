@@ -52,6 +52,8 @@ flags.DEFINE_enum("inner_reduction", None, ["mean", "sum_per_shot"],
                   "Support-loss reduction (default: mean; omniglot MAML sum_per_shot, as the original code).")
 flags.DEFINE_integer("inner_batch_size", None, "reptile: support examples per inner step, class-balanced "
                      "minibatches (default: the whole support set; Nichol et al. 10 of --train_shots=10 x 5 ways).")
+flags.DEFINE_boolean("recompute_inner_steps", False, "maml, metasgd, anil: keep only each inner step's input "
+                     "weights and recompute its graph in the backward pass (less memory, more time: docs/cli.md).")
 flags.DEFINE_integer("steps", None, "Meta-training steps (default 70000 sinusoid, 60000 omniglot MAML; "
                      "compare 5000, snail 1000; bench 20 timed steps).")
 flags.DEFINE_integer("seed", 0, "Seed of the initial weights and of the training episodes.")
@@ -105,7 +107,7 @@ EXIT_ERROR, EXIT_USAGE = 1, 2
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 _EXPERIMENT_FLAGS = ("split", "ways", "shots", "queries", "train_ways", "train_shots", "train_queries",
                      "meta_batch_size", "inner_steps", "test_inner_steps", "inner_lr", "meta_lr",
-                     "inner_reduction", "inner_batch_size", "steps", "seed", "dtype", "hidden", "activation", "lr_decay_every",
+                     "inner_reduction", "inner_batch_size", "recompute_inner_steps", "steps", "seed", "dtype", "hidden", "activation", "lr_decay_every",
                      "data_dir")
 
 _NOT_INHERITED = ("train_ways", "train_shots", "train_queries", "data_dir")  # evaluate: not from the checkpoint

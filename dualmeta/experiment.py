@@ -50,6 +50,7 @@ SPLITS = ("vinyals", "lake")
 MAML_FAMILY = ("maml", "fomaml", "reptile", "metasgd", "anil", "finetune")  # finetune: no training inner loop
 METRIC_LEARNERS = ("protonet", "matchingnet")
 SEQUENCE_LEARNERS = ("lstm", "snail")  # model-based: the episode read as a sequence
+SECOND_ORDER = ("maml", "metasgd", "anil")  # differentiate through the inner gradients
 EVAL_SEED = 2_000_000_011
 VAL_SEED_OFFSET = 1_000_003
 OMNIGLOT_DRAWINGS = 20  # examples per Omniglot class
@@ -101,6 +102,7 @@ class Experiment:
     activation: str = "relu"
     lr_decay_every: int | None = None
     data_dir: str | None = None
+    recompute_inner_steps: bool = False  # maml, metasgd, anil: rebuild each inner step's graph in backward
 
     # -- what to build ------------------------------------------------------------------------------
     @property
@@ -155,6 +157,8 @@ class Experiment:
             return dict(inner_lr=self.inner_lr, test_inner_steps=self.test_inner_steps, meta_lr=self.meta_lr)
         args = dict(inner_lr=self.inner_lr, inner_steps=self.inner_steps, test_inner_steps=self.test_inner_steps,
                     meta_lr=self.meta_lr, inner_reduction=self.inner_reduction)
+        if self.learner in SECOND_ORDER:
+            args["recompute_steps"] = self.recompute_inner_steps
         if self.learner == "reptile":
             args["inner_batch_size"] = self.inner_batch_size
         return args
@@ -245,6 +249,9 @@ def resolve(backend: str, learner: str = "maml", tasks: str = "sinusoid", **give
     if learner != "reptile" and "inner_batch_size" in given:
         raise ValueError(f"--inner_batch_size applies to --learner=reptile (minibatches of the support set in "
                          f"its inner loop); drop it for --learner={learner}")
+    if given.get("recompute_inner_steps") and learner not in SECOND_ORDER:
+        raise ValueError(f"--recompute_inner_steps saves the second-order graph of {', '.join(SECOND_ORDER)}; "
+                         f"--learner={learner} keeps no graph across inner steps: drop it")
     if learner == "finetune":  # supervised training on the query sets, fine-tuning only at test time
         for key in ("inner_steps", "inner_reduction"):
             if key in given:

@@ -180,3 +180,23 @@ def test_support_statistics_evaluation(learner, dtype):
                 assert abs(together - one_by_one) > 1e-4 * abs(together)
         with pytest.raises(ValueError, match=r"Expected one of \['query', 'support'\]; received test_norm='running'"):
             twins[b].test_norm = "running"
+
+
+@pytest.mark.parametrize("learner,fixture", [("maml", "sinusoid"), ("metasgd", "omniglot"),
+                                             ("anil", "omniglot")])
+def test_recomputed_inner_steps_give_the_same_numbers(learner, fixture):
+    """``recompute_steps=True`` (each inner step's graph rebuilt in the backward pass instead of kept) gives
+    the stored-graph meta-gradient: bit for bit in torch; in TF up to the order in which the tape adds the
+    gradient contributions (measured <= 7.3e-16 relative in float64); and the twins still agree."""
+    batch = _tasks(fixture).batch(0, 2)
+    grads = {}
+    for recompute in (False, True):
+        twins = _twins(learner, fixture, "float64", inner_steps=3, recompute_steps=recompute)
+        grads[recompute] = {b: twins[b].meta_gradients(batch)[0] for b in twins}
+    for n, g in grads[False]["torch"].items():
+        assert np.array_equal(grads[True]["torch"][n], g), f"torch {n}: recomputation changed the meta-gradient"
+    for n, g in grads[False]["tf"].items():
+        rel = np.abs(grads[True]["tf"][n] - g).max() / np.abs(g).max()
+        assert rel <= 1e-14, f"tf {n}: recomputation changed the meta-gradient by {rel:.3g} (relative)"
+    assert_quantity_close("meta_grads", "float64", grads[True]["tf"], grads[True]["torch"])
+    assert all(np.any(g != 0) for g in grads[True]["torch"].values())
