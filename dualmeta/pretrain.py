@@ -25,7 +25,7 @@ from dualmeta.episodes import ClassDataset, _rotate, episode_rng
 
 __all__ = ["ClassBatch", "ViewPair", "MaskedImages", "ClassBatches", "ViewBatches", "MaskedBatches", "augment",
            "patch_mask", "check_mask_ratio", "check_support_classes", "classifier_init", "feature_size",
-           "head_batches", "HEADS", "HEAD_STEPS", "HEAD_BATCH", "HEAD_LR", "HEAD_MOMENTUM", "VIEW_SALT", "MASK_SALT"]
+           "head_batches", "check_views", "stack_views", "check_masked", "HEADS", "HEAD_STEPS", "HEAD_BATCH", "HEAD_LR", "HEAD_MOMENTUM", "VIEW_SALT", "MASK_SALT"]
 
 HEADS = ("prototype", "linear", "finetune")
 HEAD_STEPS, HEAD_BATCH, HEAD_LR, HEAD_MOMENTUM = 100, 4, 0.01, 0.9  # Chen et al. 2019: SGD+momentum, batch 4
@@ -201,3 +201,33 @@ def head_batches(support: int, steps: int = HEAD_STEPS, batch: int = HEAD_BATCH,
     while len(order) < steps * take:
         order.extend(rng.permutation(support).tolist())
     return np.asarray(order[:steps * take], dtype=np.int64).reshape(steps, take)
+
+
+def check_views(batch) -> None:
+    """Refuses a SimCLR batch that is not a :class:`ViewPair` (e.g. one carrying labels) or has one image."""
+    if not isinstance(batch, ViewPair):
+        raise ValueError(f"SimCLR trains without labels on two views per image: expected a ViewPair (from "
+                         f"dualmeta.pretrain.ViewBatches); received {type(batch).__name__}")
+    a, b = np.asarray(batch.view_a), np.asarray(batch.view_b)
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"Expected two view arrays of one shape (N, H, W, C); received {a.shape} and {b.shape}")
+    if a.shape[0] < 2:
+        raise ValueError(f"SimCLR contrasts each image with the others of its batch: a batch of {a.shape[0]} has "
+                         "no negatives; use a batch size of at least 2 (--meta_batch_size=2 or more; 256 is usual)")
+
+
+def stack_views(batch: ViewPair) -> np.ndarray:
+    """``(2N, H, W, C)``: the first views, then the second views (view ``i`` pairs with ``i + N``)."""
+    return np.concatenate([np.asarray(batch.view_a), np.asarray(batch.view_b)])
+
+
+def check_masked(batch) -> None:
+    """Refuses a masked-autoencoder batch that is not :class:`MaskedImages` or hides nothing."""
+    if not isinstance(batch, MaskedImages):
+        raise ValueError(f"The masked autoencoder trains without labels on masked images: expected MaskedImages "
+                         f"(from dualmeta.pretrain.MaskedBatches); received {type(batch).__name__}")
+    x, mask = np.asarray(batch.x), np.asarray(batch.mask)
+    if mask.shape != x.shape[:3] + (1,):
+        raise ValueError(f"Expected a mask of shape {x.shape[:3] + (1,)}; received {mask.shape}")
+    if not mask.any():
+        raise ValueError("The mask hides no pixel, so there is nothing to reconstruct; use a mask ratio in (0, 1)")

@@ -40,7 +40,7 @@ class BaselinePP(Baseline):
 
     def _add_bias(self, bias) -> None:  # no bias; a learned scale instead, if asked for
         if self.learn_scale:
-            self._add("classifier.scale", np.asarray(self.scale))
+            self._add("classifier.scale", np.asarray([self.scale]))  # shape (1,)
 
     def _scale(self):
         return self.extra["classifier.scale"] if self.learn_scale else self.scale
