@@ -58,6 +58,7 @@ class Baseline(Pretrainer):
     def _add_bias(self, bias) -> None:
         self._add("classifier.bias", bias)
 
+    # --8<-- [start:loss]
     def _classify(self, z: tf.Tensor) -> tf.Tensor:
         return tf.matmul(z, self.extra["classifier.weight"], transpose_b=True) + self.extra["classifier.bias"]
 
@@ -72,3 +73,4 @@ class Baseline(Pretrainer):
         x, y = inputs
         logits = self._classify(self._encode(x, training=True, update_stats=update_stats))
         return task_loss(logits, y), {"accuracy": task_accuracy(logits, y)}
+    # --8<-- [end:loss]

@@ -45,6 +45,7 @@ class BaselinePP(Baseline):
     def _scale(self):
         return self.extra["classifier.scale"] if self.learn_scale else self.scale
 
+    # --8<-- [start:cosine]
     def _classify(self, z: tf.Tensor) -> tf.Tensor:
         return self._scale() * tf.matmul(normalize(z), normalize(self.extra["classifier.weight"]), transpose_b=True)
 
@@ -53,3 +54,4 @@ class BaselinePP(Baseline):
 
     def _head_logits(self, z, head):
         return self._scale() * tf.matmul(normalize(z), normalize(head["weight"]), transpose_b=True)
+    # --8<-- [end:cosine]

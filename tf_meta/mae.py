@@ -52,6 +52,7 @@ class MAE(Pretrainer):
         shown = as_tensor(x, self.dtype) * (1 - as_tensor(mask, self.dtype))
         return self._compile("reconstruct", lambda s: self._decode(s, training=False))(shown).numpy()
 
+    # --8<-- [start:loss]
     def _decode(self, shown: tf.Tensor, training: bool, update_stats: bool = False) -> tf.Tensor:
         e = self.extra
         h = tf.nn.relu(tf.matmul(self._encode(shown, training, update_stats), e["decoder.0.weight"], transpose_b=True)
@@ -68,3 +69,4 @@ class MAE(Pretrainer):
         reconstruction = self._decode(x * (1 - mask), training=True, update_stats=update_stats)
         loss = tf.reduce_sum(mask * tf.square(reconstruction - x)) / (tf.reduce_sum(mask) * x.shape[-1])
         return loss, {}
+    # --8<-- [end:loss]

@@ -187,6 +187,7 @@ class Pretrainer(Learner):
         scores = self._compile(("predict", tuple(sorted(weights))), self._scores)
         return scores(as_tensor(x, self.dtype), {k: tf.convert_to_tensor(v) for k, v in weights.items()}).numpy()
 
+    # --8<-- [start:scores]
     def _scores(self, x: tf.Tensor, state: Mapping[str, tf.Tensor]) -> tf.Tensor:
         if "prototypes" in state:
             z = normalize(self._encode(x, training=False))
@@ -195,6 +196,7 @@ class Pretrainer(Learner):
         z = self._encode(x, training=False, params=encoder or None)
         return self._head_logits(z, {n[5:]: p for n, p in state.items() if n.startswith("head.")})
 
+    # --8<-- [end:scores]
     def _episode_metrics(self, episode, steps: int | None) -> dict[str, float]:
         state = self.adapt(episode)
 

@@ -59,6 +59,7 @@ class SimCLR(Pretrainer):
         neutral.check_views(batch)
         return (as_tensor(neutral.stack_views(batch), self.dtype),)
 
+    # --8<-- [start:nt_xent]
     def _batch_loss(self, inputs, update_stats):
         (views,) = inputs
         n = views.shape[0] // 2
@@ -69,3 +70,4 @@ class SimCLR(Pretrainer):
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits))
         accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), targets), z.dtype))
         return loss, {"accuracy": accuracy}
+    # --8<-- [end:nt_xent]

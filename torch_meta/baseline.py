@@ -57,6 +57,7 @@ class Baseline(Pretrainer):
     def _add_bias(self, bias) -> None:
         self._add("classifier.bias", bias)
 
+    # --8<-- [start:loss]
     def _classify(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.extra["classifier.weight"].T + self.extra["classifier.bias"]
 
@@ -67,3 +68,4 @@ class Baseline(Pretrainer):
                              f"{int(y.max())}: build the learner with num_classes = the training classes")
         logits = self._classify(self._encode(x, training=True, update_stats=update_stats))
         return task_loss(logits, y), {"accuracy": task_accuracy(logits.detach(), y)}
+    # --8<-- [end:loss]

@@ -45,6 +45,7 @@ class BaselinePP(Baseline):
     def _scale(self):
         return self.extra["classifier.scale"] if self.learn_scale else self.scale
 
+    # --8<-- [start:cosine]
     def _classify(self, z: torch.Tensor) -> torch.Tensor:
         return self._scale() * normalize(z) @ normalize(self.extra["classifier.weight"]).T
 
@@ -53,3 +54,4 @@ class BaselinePP(Baseline):
 
     def _head_logits(self, z, head):
         return self._scale() * normalize(z) @ normalize(head["weight"]).T
+    # --8<-- [end:cosine]

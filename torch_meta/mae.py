@@ -53,6 +53,7 @@ class MAE(Pretrainer):
         with torch.no_grad():
             return self._decode(self._as_tensor(x) * (1 - self._as_tensor(mask)), training=False).cpu().numpy()
 
+    # --8<-- [start:loss]
     def _decode(self, shown: torch.Tensor, training: bool, update_stats: bool = False) -> torch.Tensor:
         e = self.extra
         h = F.relu(self._encode(shown, training, update_stats) @ e["decoder.0.weight"].T + e["decoder.0.bias"])
@@ -64,3 +65,4 @@ class MAE(Pretrainer):
         reconstruction = self._decode(x * (1 - mask), training=True, update_stats=update_stats)
         loss = (mask * (reconstruction - x).square()).sum() / (mask.sum() * x.shape[-1])
         return loss, {}
+    # --8<-- [end:loss]

@@ -171,6 +171,7 @@ class Pretrainer(Learner):
         with torch.no_grad():
             return self._scores(self._as_tensor(x), weights).cpu().numpy()
 
+    # --8<-- [start:scores]
     def _scores(self, x: torch.Tensor, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if "prototypes" in state:
             z = normalize(self._encode(x, training=False))
@@ -179,6 +180,7 @@ class Pretrainer(Learner):
         z = self._encode(x, training=False, params=encoder or None)
         return self._head_logits(z, {n[5:]: p for n, p in state.items() if n.startswith("head.")})
 
+    # --8<-- [end:scores]
     def _episode_metrics(self, episode, steps: int | None) -> dict[str, float]:
         state = self.adapt(episode)
         qy = self._as_tensor(episode.query_y)

@@ -56,6 +56,7 @@ class SimCLR(Pretrainer):
         h = F.relu(h @ e["projection.0.weight"].T + e["projection.0.bias"])
         return h @ e["projection.1.weight"].T + e["projection.1.bias"]
 
+    # --8<-- [start:nt_xent]
     def _batch_loss(self, batch, update_stats):
         neutral.check_views(batch)
         views = self._as_tensor(neutral.stack_views(batch))
@@ -67,3 +68,4 @@ class SimCLR(Pretrainer):
         loss = F.cross_entropy(logits, targets)
         accuracy = (logits.detach().argmax(dim=-1) == targets).to(z.dtype).mean()
         return loss, {"accuracy": accuracy}
+    # --8<-- [end:nt_xent]
