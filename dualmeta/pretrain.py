@@ -133,27 +133,29 @@ def augment(x: np.ndarray, rng: np.random.Generator, min_scale: float = 0.6, max
     that keeps the crop inside, resized back to the full size, rotated by ``U(-max_degrees, max_degrees)``.
     """
     n, h, w, c = x.shape
-    out = np.empty_like(x, dtype=np.float32)
-    ys, xs = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
-    u, v = xs / w - 0.5, ys / h - 0.5  # output coordinates in [-0.5, 0.5]
-    for i in range(n):
+    params = np.empty((n, 4))
+    for i in range(n):  # per image, in this order: side, centre (x, y), angle
         side = rng.uniform(np.sqrt(min_scale), 1.0)
         cx, cy = rng.uniform(-(1 - side) / 2, (1 - side) / 2, size=2)
-        angle = np.deg2rad(rng.uniform(-max_degrees, max_degrees))
-        cos, sin = np.cos(angle), np.sin(angle)
-        su, sv = side * (cos * u - sin * v) + cx, side * (sin * u + cos * v) + cy
-        out[i] = _bilinear(x[i], (sv + 0.5) * h - 0.5, (su + 0.5) * w - 0.5)
-    return out
+        params[i] = side, cx, cy, np.deg2rad(rng.uniform(-max_degrees, max_degrees))
+    ys, xs = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
+    u, v = xs / w - 0.5, ys / h - 0.5  # output coordinates in [-0.5, 0.5]
+    side, cx, cy, angle = (params[:, k, None, None] for k in range(4))
+    cos, sin = np.cos(angle), np.sin(angle)
+    su, sv = side * (cos * u - sin * v) + cx, side * (sin * u + cos * v) + cy
+    return _bilinear(x, (sv + 0.5) * h - 0.5, (su + 0.5) * w - 0.5)
 
 
-def _bilinear(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    h, w, _ = image.shape
+def _bilinear(images: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Bilinear samples of NHWC ``images`` at ``(N, H, W)`` fractional pixel positions; zeros outside."""
+    n, h, w, _ = images.shape
     r0, c0 = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
     fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
-    padded = np.pad(image.astype(np.float64), ((1, 1), (1, 1), (0, 0)))
+    padded = np.pad(images.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    index = np.arange(n)[:, None, None]
 
     def at(r, c):
-        return padded[np.clip(r + 1, 0, h + 1), np.clip(c + 1, 0, w + 1)]
+        return padded[index, np.clip(r + 1, 0, h + 1), np.clip(c + 1, 0, w + 1)]
     value = (at(r0, c0) * (1 - fr) * (1 - fc) + at(r0, c0 + 1) * (1 - fr) * fc
              + at(r0 + 1, c0) * fr * (1 - fc) + at(r0 + 1, c0 + 1) * fr * fc)
     return value.astype(np.float32)

@@ -36,7 +36,12 @@ LEARNERS = {  # name -> (module, class, constructor arguments, batches)
     "mae": ("mae", "MAE", dict(decoder_hidden=8), "masked"),
 }
 CASES = [pytest.param(learner, dtype, id=f"{learner}-{dtype}") for learner in LEARNERS for dtype in DTYPES]
-TRAJECTORY_CASES = [case for case in CASES if "learned" not in case.id]  # the learned scale: one step, resume
+# The learned scale has its own one-step test and the resume test. Time (the default suite has a budget): every
+# learner's 100 steps run by default in float64, where the point is exactness, and Baseline's in float32 too;
+# the other float32 trajectories are slow-marked (``pytest -m slow``), ~2-4 s each.
+TRAJECTORY_CASES = [pytest.param(learner, dtype, id=f"{learner}-{dtype}",
+                                 marks=[pytest.mark.slow] if dtype == "float32" and learner != "baseline" else [])
+                    for learner in LEARNERS if "learned" not in learner for dtype in DTYPES]
 # Every head on Baseline (float32; linear in float64 too); the cosine head of Baseline++; the heads on the self-supervised encoders.
 HEAD_CASES = ([pytest.param("baseline", "float32", h, id=f"baseline-float32-{h}") for h in pretrain.HEADS]
               + [pytest.param("baseline", "float64", "linear", id="baseline-float64-linear"),
