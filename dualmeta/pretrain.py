@@ -195,8 +195,8 @@ def feature_size(config: dict) -> int:
 
 
 def head_batches(support: int, steps: int = HEAD_STEPS, batch: int = HEAD_BATCH, seed: int = 0) -> np.ndarray:
-    """``(steps, batch)`` support indices of the head's SGD steps: epochs of a seeded permutation (no index
-    twice in a step unless the support set is smaller than ``batch``)."""
+    """``(steps, batch)`` support indices of the head's SGD steps: consecutive seeded permutations of the support
+    set (epochs), cut into steps of ``min(batch, support)`` indices; a step that spans two epochs may repeat one."""
     rng = np.random.default_rng([int(seed), 271_828])
     take = min(batch, support)
     order = []
