@@ -227,3 +227,25 @@ def test_train_baseline_in_torch_evaluate_in_tf(tmp_path, monkeypatch):
         reports[b] = json.loads((tmp_path / f"{b}.json").read_text())
     assert reports["tf"]["accuracy"] == reports["torch"]["accuracy"]
     assert reports["tf"]["head"] == "linear" and reports["tf"]["trained_backend"] == "torch"
+
+
+def test_results_rows_of_the_pretrain_example(tmp_path):
+    """docs/collect_results.py reads a results file of examples/omniglot_pretrain.py as one Omniglot row."""
+    import sys
+    from tests.test_cli import REPO_ROOT
+    sys.path.insert(0, str(REPO_ROOT / "docs"))
+    import collect_results
+    accuracy = {"accuracy": {"mean": 0.95, "ci95": 0.01, "n": 600}, "loss": {"mean": 0.2, "ci95": 0.01, "n": 600}}
+    report = {"measured": {"date": "2026-12-02T13:34:00+00:00", "command": "python examples/omniglot_pretrain.py"},
+              "config": {"backend": "torch", "learner": "baseline_pp", "minutes": 30.0, "batch_size": 64,
+                         "head": "linear", "test_norm": "running", "split": "vinyals", "train_on": "train"},
+              "train": {"steps": 100, "seconds": 1800.0, "seconds_per_step": 18.0, "train_curve": [],
+                        "eval_curve": []},
+              "test": {"5w1s": accuracy}}
+    path = tmp_path / "omniglot" / "baseline_pp_torch.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(report))
+    (run,) = collect_results.read_runs(str(path), str(tmp_path))
+    assert run.learner == "baseline_pp" and run.group == "baseline_pp_batch64_linear"
+    assert run.trained_on == "batches of 64 images, linear head at test"
+    assert collect_results.learner_name("baseline_pp") == "Baseline++ (transfer)"
