@@ -231,10 +231,7 @@ def test_train_baseline_in_torch_evaluate_in_tf(tmp_path, monkeypatch):
 
 def test_results_rows_of_the_pretrain_example(tmp_path):
     """docs/collect_results.py reads a results file of examples/omniglot_pretrain.py as one Omniglot row."""
-    import sys
-    from tests.test_cli import REPO_ROOT
-    sys.path.insert(0, str(REPO_ROOT / "docs"))
-    import collect_results
+    from tests.test_collect_results import collect as collect_results  # loaded from docs/ by file path
     accuracy = {"accuracy": {"mean": 0.95, "ci95": 0.01, "n": 600}, "loss": {"mean": 0.2, "ci95": 0.01, "n": 600}}
     report = {"measured": {"date": "2026-12-02T13:34:00+00:00", "command": "python examples/omniglot_pretrain.py"},
               "config": {"backend": "torch", "learner": "baseline_pp", "minutes": 30.0, "batch_size": 64,
