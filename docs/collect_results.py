@@ -59,6 +59,7 @@ BACKENDS = {"torch": "PyTorch", "tf": "TensorFlow"}
 COLORS = {"torch": "#d62728", "tf": "#1f77b4"}
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
 METRIC_LEARNERS = ("protonet", "matchingnet")
+PRETRAIN_LEARNERS = ("baseline", "baseline_pp", "simclr", "mae")  # examples/omniglot_pretrain.py
 
 # learner -> (name, citation key, Omniglot test accuracy in % per setting, note), quoted from the papers
 # as printed (strings keep their precision).
@@ -80,6 +81,11 @@ PAPERS = {
              "MANN, a memory-augmented LSTM, as quoted by Mishra et al. 2018"),
     "snail": ("SNAIL", "Mishra et al. 2018",
               {"5w1s": "99.07", "5w5s": "99.78", "20w1s": "97.64", "20w5s": "99.36"}, ""),
+    # Pretraining (issue 13); the papers' Omniglot figures are not quoted here yet.
+    "baseline": ("Baseline (transfer)", "Chen et al. 2019", {}, "Omniglot figures not quoted here yet"),
+    "baseline_pp": ("Baseline++ (transfer)", "Chen et al. 2019", {}, "Omniglot figures not quoted here yet"),
+    "simclr": ("SimCLR (no labels)", "Chen et al. 2020", {}, "no Omniglot result in the paper"),
+    "mae": ("Masked autoencoder (no labels)", "He et al. 2022", {}, "no Omniglot result in the paper"),
 }
 # Where the papers' own evaluation takes batch-norm statistics (their code or their text), so that each
 # quoted figure is tagged like our rows.
@@ -104,6 +110,12 @@ REFERENCES = {
                            "Memory-Augmented Neural Networks. ICML 2016.",
     "Mishra et al. 2018": "N. Mishra, M. Rohaninejad, X. Chen, P. Abbeel. A Simple Neural Attentive Meta-Learner. "
                           "ICLR 2018.",
+    "Chen et al. 2019": "W.-Y. Chen, Y.-C. Liu, Z. Kira, Y.-C. F. Wang, J.-B. Huang. A Closer Look at Few-shot "
+                        "Classification. ICLR 2019.",
+    "Chen et al. 2020": "T. Chen, S. Kornblith, M. Norouzi, G. Hinton. A Simple Framework for Contrastive Learning "
+                        "of Visual Representations. ICML 2020.",
+    "He et al. 2022": "K. He, X. Chen, S. Xie, Y. Li, P. Dollar, R. Girshick. Masked Autoencoders Are Scalable "
+                      "Vision Learners. CVPR 2022.",
     "Lake et al. 2015": "B. M. Lake, R. Salakhutdinov, J. B. Tenenbaum. Human-level concept learning through "
                         "probabilistic program induction. Science 350(6266), 2015.",
 }
@@ -316,7 +328,14 @@ def read_runs(path: str, results_dir: str, role: str = "test") -> list[Run]:
     backend = field(data, path, "config.backend", str)
     train = field(data, path, "train", dict)
     suffix = ""  # of the plot group
-    if learner in METRIC_LEARNERS or "train_ways" in config:
+    if learner in PRETRAIN_LEARNERS:  # examples/omniglot_pretrain.py: image batches, a few-shot head at test
+        script = "examples/omniglot_pretrain.py"
+        batch = field(data, path, "config.batch_size", int)
+        ways, shots, queries = "", "", f"_batch{batch}"
+        trained_on = f"batches of {batch} images, {config.get('head', 'linear')} head at test"
+        suffix = f"_{config.get('head', 'linear')}"
+        curve_setting = "5w1s"
+    elif learner in METRIC_LEARNERS or "train_ways" in config:
         script = "examples/omniglot_metric.py"
         ways, shots, queries = (field(data, path, f"config.train_{k}", int) for k in ("ways", "shots", "queries"))
         trained_on = f"{ways}-way {shots}-shot, {queries} queries/class"
@@ -369,7 +388,8 @@ def read_runs(path: str, results_dir: str, role: str = "test") -> list[Run]:
         eval_curve = []  # drawn from test episodes before dualmeta.protocol: not shown
     run = Run(
         path=shown, learner=learner, backend=backend, trained_on=trained_on,
-        group=f"{learner}_train{ways}w{shots}s{queries}q{suffix}", minutes=minutes, steps=steps, seconds=seconds,
+        group=f"{learner}{queries}{suffix}" if learner in PRETRAIN_LEARNERS else
+        f"{learner}_train{ways}w{shots}s{queries}q{suffix}", minutes=minutes, steps=steps, seconds=seconds,
         seconds_per_step=field(data, path, "train.seconds_per_step", NUMBER),
         provenance=provenance(data, path, lambda: rebuild_command(script, config, shown)),
         test=test, train_curve=train_curve, eval_curve=eval_curve, curve_setting=curve_setting, lake=lake,

@@ -41,6 +41,10 @@ LEARNERS: dict[str, tuple[str, str]] = {
     "matchingnet": ("matchingnet", "MatchingNet"),
     "lstm": ("lstm", "LSTMLearner"),
     "snail": ("snail", "SNAIL"),
+    "baseline": ("baseline", "Baseline"),
+    "baseline_pp": ("baseline_pp", "BaselinePP"),
+    "simclr": ("simclr", "SimCLR"),
+    "mae": ("mae", "MAE"),
 }
 METRIC_LEARNERS = ("protonet", "matchingnet")  # embed with a head-less conv4; no inner loop
 SEQUENCE_LEARNERS = ("lstm", "snail")  # model-based: read the episode as a sequence (models in <backend>.sequence)

@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 
 COMMANDS = ("train", "evaluate", "compare", "bench")
 LEARNER_NAMES = ["maml", "fomaml", "reptile", "metasgd", "anil", "finetune", "protonet", "matchingnet", "lstm",
-                 "snail"]
+                 "snail", "baseline", "baseline_pp", "simclr", "mae"]
 _ABSL_FLAGS = set(FLAGS)
 
 flags.DEFINE_enum("backend", None, ["tf", "torch"], "Backend (default: torch if installed, else tf).")
@@ -52,7 +52,7 @@ flags.DEFINE_enum("inner_reduction", None, ["mean", "sum_per_shot"],
                   "Support-loss reduction (default: mean; omniglot MAML sum_per_shot, as the original code).")
 flags.DEFINE_integer("inner_batch_size", None, "reptile: support examples per inner step, class-balanced "
                      "minibatches (default: the whole support set; Nichol et al. 10 of --train_shots=10 x 5 ways).")
-flags.DEFINE_boolean("recompute_inner_steps", False, "maml, metasgd, anil: keep only each inner step's input "
+flags.DEFINE_boolean("recompute_inner_steps", None, "maml, metasgd, anil: keep only each inner step's input "
                      "weights and recompute its graph in the backward pass (less memory, more time: docs/cli.md).")
 flags.DEFINE_integer("steps", None, "Meta-training steps (default 70000 sinusoid, 60000 omniglot MAML; "
                      "compare 5000, snail 1000; bench 20 timed steps).")
@@ -95,6 +95,13 @@ flags.DEFINE_integer("port", None, "--workers: the first loopback port (torch: t
                      "from here); default: free ports.")
 flags.DEFINE_float("dist_timeout", 300.0, "Distributed runs: seconds a collective waits for a missing worker "
                    "before the run stops with an error.")
+# Pretraining learners (baseline, baseline_pp, simclr, mae; dualmeta/pretrain.py, docs/learners/baseline.md)
+flags.DEFINE_enum("head", None, ["prototype", "linear", "finetune"], "baseline, baseline_pp, simclr, mae: the "
+                  "few-shot head on the pretrained encoder at validation/test: prototype (nearest normalised "
+                  "centroid; the default), linear (a new head, 100 SGD steps on the support set), finetune (the "
+                  "whole network).")
+flags.DEFINE_float("mask_ratio", None, "mae: the fraction of each image hidden, strictly between 0 and 1 "
+                   "(default 0.75).")
 flags.DEFINE_string("device", "cpu", "torch device: cpu, cuda, cuda:N or mps (the model moves there and the "
                     "learner follows it). torch only: TensorFlow places operations on a visible GPU by itself.")
 
@@ -107,8 +114,8 @@ EXIT_ERROR, EXIT_USAGE = 1, 2
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 _EXPERIMENT_FLAGS = ("split", "ways", "shots", "queries", "train_ways", "train_shots", "train_queries",
                      "meta_batch_size", "inner_steps", "test_inner_steps", "inner_lr", "meta_lr",
-                     "inner_reduction", "inner_batch_size", "recompute_inner_steps", "steps", "seed", "dtype", "hidden", "activation", "lr_decay_every",
-                     "data_dir")
+                     "inner_reduction", "inner_batch_size", "recompute_inner_steps", "steps", "seed", "dtype", "hidden",
+                     "activation", "lr_decay_every", "data_dir", "mask_ratio")
 
 _NOT_INHERITED = ("train_ways", "train_shots", "train_queries", "data_dir")  # evaluate: not from the checkpoint
 _SHAPE_FLAGS = ("split", "ways", "shots", "queries", "dtype", "hidden", "activation")  # ... when it had another learner
@@ -165,6 +172,9 @@ def _experiment(command: str, base: dict | None = None, backend_name: str | None
             raise ValueError(f"--test_norm chooses the batch-norm statistics of the MAML family's conv4 on "
                              f"--tasks=omniglot; drop it for --learner={experiment.learner} "
                              f"--tasks={experiment.tasks}")
+    if FLAGS.head is not None and not experiment.pretrain:
+        raise ValueError(f"--head chooses the few-shot head of a pretrained encoder (--learner=baseline, "
+                         f"baseline_pp, simclr or mae); drop it for --learner={experiment.learner}")
     return experiment
 
 
@@ -273,6 +283,7 @@ def _learner(experiment, backend_name: str | None = None):
                                    learner_args=experiment.learner_args(), device=_device(name))
     if group is not None:
         learner = backend.distributed(name).DistributedLearner(learner, group, experiment.meta_batch_size)
+    _set_head(learner, experiment)
     return learner
 
 
@@ -362,6 +373,7 @@ def _set_weights(learner, checkpoint, experiment) -> None:
 def _evaluate(learner, experiment, episodes: int, label: str = ""):
     if FLAGS.test_norm is not None:  # checked against the learner in _experiment
         learner.test_norm = FLAGS.test_norm
+    _set_head(learner, experiment)
     t0 = time.perf_counter()
     result = learner.evaluate(experiment.eval_tasks().take(episodes))
     _say(f"{label}evaluated {episodes} episodes in {time.perf_counter() - t0:.1f}s")
@@ -376,10 +388,23 @@ def _report(result, experiment, episodes: int, **extra) -> dict:
                     test_inner_steps=e.test_inner_steps, eval_seed=EVAL_SEED)
     if e.classification:
         from dualmeta.protocol import BATCH_NORM_AT_TEST
-        norm = "running" if e.metric else (FLAGS.test_norm or "query")
+        norm = "running" if e.metric or e.pretrain else (FLAGS.test_norm or "query")
         settings.update(split=e.split, ways=e.ways, test_norm=norm, batch_norm_at_test=BATCH_NORM_AT_TEST[norm])
+    if e.pretrain:
+        settings["head"] = learner_head(e)
     return evaluation_report(result, classification=e.classification, episodes=episodes, backend=e.backend,
                              learner=e.learner, **settings, **extra)
+
+
+def learner_head(experiment) -> str:
+    """--head, else the pretraining learners' default (prototype)."""
+    return FLAGS.head or "prototype"
+
+
+def _set_head(learner, experiment) -> None:
+    """--head for the pretraining learners (the others are refused in _experiment)."""
+    if FLAGS.head is not None and experiment.pretrain:
+        learner.head = FLAGS.head
 
 
 def _print_result(report: dict) -> None:

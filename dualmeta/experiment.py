@@ -42,6 +42,7 @@ from typing import Any
 from dualmeta.episodes import RegressionTasks, check_positive
 
 __all__ = ["Experiment", "resolve", "TASKS", "SPLITS", "MAML_FAMILY", "METRIC_LEARNERS", "SEQUENCE_LEARNERS",
+           "PRETRAIN_LEARNERS",
            "EVAL_SEED",
            "VAL_SEED_OFFSET", "DEFINING", "OMNIGLOT_DRAWINGS"]
 
@@ -51,6 +52,7 @@ MAML_FAMILY = ("maml", "fomaml", "reptile", "metasgd", "anil", "finetune")  # fi
 METRIC_LEARNERS = ("protonet", "matchingnet")
 SEQUENCE_LEARNERS = ("lstm", "snail")  # model-based: the episode read as a sequence
 SECOND_ORDER = ("maml", "metasgd", "anil")  # differentiate through the inner gradients
+PRETRAIN_LEARNERS = ("baseline", "baseline_pp", "simclr", "mae")  # image batches, few-shot heads at test
 EVAL_SEED = 2_000_000_011
 VAL_SEED_OFFSET = 1_000_003
 OMNIGLOT_DRAWINGS = 20  # examples per Omniglot class
@@ -64,6 +66,9 @@ _OMNIGLOT_METRIC = dict(ways=5, shots=1, queries=15, meta_batch_size=1, meta_lr=
 _SINUSOID_SEQUENCE = dict(shots=10, queries=10, meta_batch_size=25, meta_lr=1e-3, steps=70_000)
 _OMNIGLOT_SEQUENCE = dict(ways=5, shots=1, queries=15, train_queries=1, meta_batch_size=32, meta_lr=1e-3,
                           steps=40_000, hidden=64)
+# Pretraining (dualmeta/pretrain.py): minibatches of --meta_batch_size images; 5-way 1-shot test episodes.
+_OMNIGLOT_PRETRAIN = dict(ways=5, shots=1, queries=15, meta_batch_size=64, meta_lr=1e-3, steps=20_000, hidden=64,
+                          mask_ratio=0.75)
 _SEQUENCE_HIDDEN = {"lstm": 40, "snail": 32}  # sinusoid: LSTM units, SNAIL filters
 OMNIGLOT_LSTM_UNITS = 128
 # Snell et al.: Adam 1e-3 halved every 2000 episodes, 60-way 5-query training episodes.
@@ -72,7 +77,7 @@ _LEARNER_DEFAULTS = {"reptile": dict(inner_steps=5, meta_lr=1.0),
 # Settings that change what is trained: --resume refuses a run whose values differ from the checkpoint's.
 DEFINING = ("backend", "learner", "tasks", "split", "ways", "shots", "queries", "train_ways", "train_shots",
             "train_queries", "meta_batch_size", "inner_steps", "inner_lr", "meta_lr", "inner_reduction",
-            "seed", "dtype", "hidden", "activation", "lr_decay_every", "inner_batch_size")
+            "seed", "dtype", "hidden", "activation", "lr_decay_every", "inner_batch_size", "mask_ratio")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +108,7 @@ class Experiment:
     lr_decay_every: int | None = None
     data_dir: str | None = None
     recompute_inner_steps: bool = False  # maml, metasgd, anil: rebuild each inner step's graph in backward
+    mask_ratio: float | None = None  # mae: the fraction of each image hidden (default 0.75)
 
     # -- what to build ------------------------------------------------------------------------------
     @property
@@ -112,6 +118,10 @@ class Experiment:
     @property
     def sequence(self) -> bool:
         return self.learner in SEQUENCE_LEARNERS
+
+    @property
+    def pretrain(self) -> bool:
+        return self.learner in PRETRAIN_LEARNERS
 
     @property
     def classification(self) -> bool:
@@ -124,7 +134,7 @@ class Experiment:
         if self.tasks == "sinusoid":
             return "mlp", dict(in_features=1, hidden=[self.hidden, self.hidden], out_features=1,
                                activation=self.activation)
-        if self.metric:  # ProtoNet / Matching Networks embedding: max-pooling blocks, flattened map; batch
+        if self.metric or self.pretrain:  # ProtoNet / Matching Networks embedding: max-pooling blocks, flattened map; batch
             # norm keeps running statistics and evaluation uses them, as the papers' code does
             return "conv4", dict(in_channels=1, hidden=self.hidden, num_classes=None, downsample="maxpool",
                                  head="flatten", image_size=IMAGE_SIZE, activation=self.activation,
@@ -149,6 +159,11 @@ class Experiment:
                              filters=128, keys=[64, 256], values=[32, 128], encoder=encoder)
 
     def learner_args(self) -> dict[str, Any]:
+        if self.pretrain:
+            args = dict(meta_lr=self.meta_lr, seed=self.seed)
+            if self.learner in ("baseline", "baseline_pp"):  # a classifier over every training class
+                args["num_classes"] = self._train_dataset().num_classes
+            return args
         if self.sequence:
             return dict(meta_lr=self.meta_lr)
         if self.metric:
@@ -176,6 +191,14 @@ class Experiment:
         return self.seed + VAL_SEED_OFFSET
 
     def train_tasks(self):
+        if self.pretrain:  # batches of images by address (seed, step); simclr, mae: no labels in them
+            from dualmeta import pretrain
+            dataset = self._train_dataset()
+            if self.learner == "simclr":
+                return pretrain.ViewBatches(dataset, seed=self.seed)
+            if self.learner == "mae":
+                return pretrain.MaskedBatches(dataset, seed=self.seed, mask_ratio=self.mask_ratio)
+            return pretrain.ClassBatches(dataset, seed=self.seed)
         return self._tasks("train", self.train_ways, self.train_shots, self.train_queries, self.seed)
 
     def val_tasks(self):
@@ -190,6 +213,11 @@ class Experiment:
             from dualmeta.sequences import ShuffledSupport
             return ShuffledSupport(tasks)
         return tasks
+
+    def _train_dataset(self):
+        from dualmeta import data
+        subset = {"vinyals": "train", "lake": "train"}[self.split]
+        return data.omniglot_split(self.split, subset, data_dir=self.data_dir, image_size=IMAGE_SIZE)
 
     def _plain_tasks(self, role: str, ways, shots, queries, seed):
         if self.tasks == "sinusoid":
@@ -216,8 +244,10 @@ def resolve(backend: str, learner: str = "maml", tasks: str = "sinusoid", **give
     """
     if tasks not in TASKS:
         raise _expected("tasks", tasks, TASKS)
-    if learner not in MAML_FAMILY + METRIC_LEARNERS + SEQUENCE_LEARNERS:
-        raise _expected("learner", learner, MAML_FAMILY + METRIC_LEARNERS + SEQUENCE_LEARNERS)
+    if learner not in MAML_FAMILY + METRIC_LEARNERS + SEQUENCE_LEARNERS + PRETRAIN_LEARNERS:
+        raise _expected("learner", learner, MAML_FAMILY + METRIC_LEARNERS + SEQUENCE_LEARNERS + PRETRAIN_LEARNERS)
+    if learner in PRETRAIN_LEARNERS:
+        return _resolve_pretrain(backend, learner, tasks, given)
     unknown = sorted(set(given) - {f.name for f in dataclasses.fields(Experiment)})
     if unknown:
         raise ValueError(f"Unknown settings {unknown}; expected among {[f.name for f in dataclasses.fields(Experiment)]}")
@@ -281,7 +311,7 @@ def _check(e: Experiment) -> None:
     if e.seed < 0 or e.seed in (EVAL_SEED, EVAL_SEED - VAL_SEED_OFFSET):
         raise ValueError(f"Expected a non-negative --seed other than {EVAL_SEED} and {EVAL_SEED - VAL_SEED_OFFSET} "
                          f"(their episodes are the evaluation set); received --seed={e.seed}")
-    if not e.metric and not e.sequence:
+    if not e.metric and not e.sequence and not e.pretrain:
         for key in ("inner_steps", "test_inner_steps"):
             value = getattr(e, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -296,7 +326,7 @@ def _check(e: Experiment) -> None:
     if e.classification:
         if e.split not in SPLITS:
             raise _expected("split", e.split, SPLITS)
-        if not e.metric and not e.sequence and e.train_ways != e.ways:
+        if not e.metric and not e.sequence and not e.pretrain and e.train_ways != e.ways:
             raise ValueError(f"--learner={e.learner} has a classifier with --ways={e.ways} outputs, so it trains "
                              f"with the same number of ways; received --train_ways={e.train_ways}: drop --train_ways")
         for prefix in ("", "train_"):
@@ -305,3 +335,36 @@ def _check(e: Experiment) -> None:
                 raise ValueError(f"--{prefix}shots + --{prefix}queries = {shots} + {queries} exceeds the "
                                  f"{OMNIGLOT_DRAWINGS} drawings of an Omniglot character; use "
                                  f"--{prefix}shots + --{prefix}queries <= {OMNIGLOT_DRAWINGS}")
+
+
+def _resolve_pretrain(backend: str, learner: str, tasks: str, given: dict) -> Experiment:
+    """The pretraining learners: Omniglot with the max-pool conv4 only; one line naming the fix otherwise."""
+    given = {key: value for key, value in given.items() if value is not None}
+    if tasks != "omniglot":
+        raise ValueError(f"--learner={learner} pretrains an image encoder and scores it on few-shot episodes: it "
+                         f"supports --tasks=omniglot only; received --tasks={tasks}")
+    for key in ("inner_lr", "inner_steps", "test_inner_steps", "inner_reduction", "inner_batch_size", "lr_decay_every",
+                "train_ways", "train_shots", "train_queries"):
+        if key in given:
+            raise ValueError(f"--{key} does not apply to --learner={learner} (it trains on batches of "
+                             f"--meta_batch_size images, not episodes); drop it")
+    if given.get("recompute_inner_steps"):
+        raise ValueError(f"--recompute_inner_steps saves the second-order graph of {', '.join(SECOND_ORDER)}; "
+                         f"--learner={learner} has no inner loop: drop it")
+    if "mask_ratio" in given and learner != "mae":
+        raise ValueError(f"--mask_ratio applies to --learner=mae; drop it for --learner={learner}")
+    settings = {**_OMNIGLOT_PRETRAIN, "split": "vinyals", **given}
+    if learner != "mae":
+        settings["mask_ratio"] = None
+    else:
+        from dualmeta.pretrain import check_mask_ratio
+        check_mask_ratio(settings["mask_ratio"])
+    if learner == "simclr" and settings["meta_batch_size"] < 2:
+        raise ValueError(f"SimCLR contrasts each image with the others of its batch: a batch of "
+                         f"{settings['meta_batch_size']} has no negatives; use --meta_batch_size=2 or more "
+                         "(256 is usual)")
+    settings.update(train_ways=settings["ways"], train_shots=settings["shots"], train_queries=settings["queries"],
+                    inner_lr=None, inner_steps=None, test_inner_steps=None, inner_reduction=None)
+    experiment = Experiment(backend=backend, learner=learner, tasks=tasks, **settings)
+    _check(experiment)
+    return experiment

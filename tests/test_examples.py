@@ -31,6 +31,10 @@ SMOKE = {
     "omniglot_metric.py": lambda b, out: [f"--backend={b}", *TINY, "--max_steps=3", "--episodes=2",
                                           "--curve_every=0.0001", "--curve_episodes=2", f"--out={out}/metrics.json",
                                           f"--checkpoint={out}/weights.safetensors"],
+    "omniglot_pretrain.py": lambda b, out: [f"--backend={b}", *TINY, "--learner=baseline_pp", "--max_steps=3",
+                                            "--batch_size=8", "--episodes=2", "--head_steps=10", "--curve_every=0",
+                                            "--other_heads=prototype", f"--out={out}/metrics.json",
+                                            f"--checkpoint={out}/weights.safetensors"],
 }
 
 
@@ -224,3 +228,18 @@ def test_gpu_paper_runs_script_names_real_flags(tmp_path):
         check = subprocess.run([sys.executable, "-c", parse, os.path.join(ROOT, command[1]), *command[2:]],
                                capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert check.returncode == 0, f"{' '.join(command)}:\n{check.stderr[-2000:]}"
+
+
+@pytest.mark.slow  # ~20 s: two runs, one in each backend
+@pytest.mark.parametrize("backend", ["torch"])
+def test_omniglot_pretrain_example(backend, tmp_path):
+    """Baseline++: trains 3 steps, scores the four settings with the linear head and the prototype head, and the
+    other backend scores its checkpoint (--minutes=0 --init_weights) to the same accuracies."""
+    _omniglot_or_skip()
+    _run("omniglot_pretrain.py", backend, tmp_path)
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["train"]["steps"] == 3 and report["config"]["head"] == "linear"
+    assert report["measured"]["command"].startswith("python examples/omniglot_pretrain.py")
+    assert sorted(report["test"]) == sorted(report["test_other_heads"]["prototype"]) == ["20w1s", "20w5s", "5w1s", "5w5s"]
+    _evaluate_in_the_other_backend("omniglot_pretrain.py", backend, tmp_path, "--learner=baseline_pp",
+                                   "--head_steps=10")
