@@ -329,3 +329,34 @@ def resnet12(in_channels: int = 3, channels: tuple[int, ...] = (64, 160, 320, 64
     from dualmeta import twins
     return build(twins.resnet12(in_channels, tuple(channels), num_classes, image_size, track_running_stats, slope),
                  dtype, init, seed)
+
+
+def probe(description, weights: Mapping[str, np.ndarray], x: np.ndarray, direction: np.ndarray,
+          inner_lr: float = 0.1) -> dict[str, np.ndarray]:
+    """What ``dualmeta check-model`` compares: every layer's output, the gradients of ``sum(out * direction)``
+    and the second-order gradient through one inner step (MAML's), as numpy in neutral layouts."""
+    dtype = str(np.asarray(x).dtype)
+    model = build(description, dtype=dtype)
+    model.set_weights(weights)
+    x_t, d_t = tf.constant(np.asarray(x)), tf.constant(np.asarray(direction))
+    trace = []
+    model(x_t, training=True, trace=trace)
+    found = {f"forward/{label}": np.asarray(value) for label, value in trace}
+    variables = {n: v for n, v in model.neutral_variables().items() if v.trainable}
+    names = list(variables)
+    kinds = {n: model.spec.tensors[n].kind for n in names}
+    params = {n: tf.convert_to_tensor(v.value) for n, v in variables.items()}
+    with tf.GradientTape() as outer_tape:
+        outer_tape.watch(list(params.values()))
+        with tf.GradientTape() as tape:
+            tape.watch(list(params.values()))
+            loss = tf.reduce_sum(functional_call(model, params, x_t) * d_t)
+        grads = tape.gradient(loss, [params[n] for n in names])
+        fast = {n: params[n] - inner_lr * g for n, g in zip(names, grads)}
+        outer = tf.reduce_sum(tf.square(functional_call(model, fast, x_t) * d_t))
+    second = outer_tape.gradient(outer, [params[n] for n in names])
+    for n, g, s in zip(names, grads, second):
+        to_neutral = _TO_NEUTRAL.get(kinds[n], np.asarray)
+        found[f"grads/{n}"] = np.ascontiguousarray(to_neutral(np.asarray(g)))
+        found[f"second_order/{n}"] = np.ascontiguousarray(to_neutral(np.asarray(s)))
+    return found

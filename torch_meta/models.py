@@ -346,3 +346,27 @@ def resnet12(in_channels: int = 3, channels: tuple[int, ...] = (64, 160, 320, 64
     from dualmeta import twins
     return build(twins.resnet12(in_channels, tuple(channels), num_classes, image_size, track_running_stats, slope),
                  dtype, init, seed)
+
+
+def probe(description, weights: Mapping[str, np.ndarray], x: np.ndarray, direction: np.ndarray,
+          inner_lr: float = 0.1) -> dict[str, np.ndarray]:
+    """What ``dualmeta check-model`` compares: every layer's output, the gradients of ``sum(out * direction)``
+    and the second-order gradient through one inner step (MAML's), as numpy in neutral layouts."""
+    dtype = str(np.asarray(x).dtype)
+    model = build(description, dtype=dtype)
+    model.set_weights(weights)
+    x_t, d_t = torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(direction))
+    trace = []
+    functional_call(model, dict(model.named_parameters()), x_t)  # warm path (no trace)
+    params = dict(model.named_parameters())
+    out = torch.func.functional_call(model, {**{n: b.clone() for n, b in model.named_buffers()}, **params}, (x_t,),
+                                     {"trace": trace})
+    found = {f"forward/{label}": value.detach().numpy() for label, value in trace}
+    names = list(params)
+    grads = torch.autograd.grad((out * d_t).sum(), [params[n] for n in names], create_graph=True)
+    found.update({f"grads/{n}": g.detach().numpy() for n, g in zip(names, grads)})
+    fast = {n: params[n] - inner_lr * g for n, g in zip(names, grads)}
+    outer = (functional_call(model, fast, x_t) * d_t).square().sum()
+    second = torch.autograd.grad(outer, [params[n] for n in names])
+    found.update({f"second_order/{n}": g.numpy() for n, g in zip(names, second)})
+    return found
