@@ -249,14 +249,16 @@ def functional_call(model: keras.Model, params: Mapping[str, tf.Tensor], x: tf.T
 
 # -- twins from a neutral description (dualmeta.twins) ------------------------------------------------------
 _TWIN_ACTIVATIONS = {"relu": lambda x, layer: tf.nn.relu(x), "softplus": lambda x, layer: tf.nn.softplus(x),
-                     "leaky_relu": lambda x, layer: tf.nn.leaky_relu(x, layer.slope)}
+                     # not tf.nn.leaky_relu: its alpha is a float32 attribute (0.1 -> 0.100000001), off by 1e-9
+                     # in float64; torch keeps the slope in double. Slope at 0 as in torch (x > 0 ? x : slope x).
+                     "leaky_relu": lambda x, layer: tf.where(x > 0, x, x * layer.slope)}
 
 
 class Twin(_Weights, keras.Model):
     """A model built from a ``dualmeta.twins.Description``: neutral names, NHWC images, Keras layouts inside.
 
-    ``call(x, training=False, stats_rows=None, trace=None)``: ``trace`` (a list) collects ``(layer name,
-    output)`` of every layer, which is what ``dualmeta check-model`` compares.
+    ``call(x, training=False, stats_rows=None)``; ``probe`` collects ``(layer name, output)`` of every layer
+    (Keras copies list arguments, so the sink is a plain attribute), which ``dualmeta check-model`` compares.
     """
 
     def __init__(self, description, **kwargs):
@@ -312,8 +314,8 @@ class Twin(_Weights, keras.Model):
                 trace.append((label, x))
         return x
 
-    def call(self, x, training=False, stats_rows=None, trace=None):
-        return self._run(self.description.layers, x, training, stats_rows, trace)
+    def call(self, x, training=False, stats_rows=None):
+        return self._run(self.description.layers, x, training, stats_rows, self.__dict__.get("_trace_sink"))
 
 
 def build(description, dtype: str = "float32", init: str = "neutral", seed: int = 0) -> Twin:
@@ -340,7 +342,11 @@ def probe(description, weights: Mapping[str, np.ndarray], x: np.ndarray, directi
     model.set_weights(weights)
     x_t, d_t = tf.constant(np.asarray(x)), tf.constant(np.asarray(direction))
     trace = []
-    model(x_t, training=True, trace=trace)
+    model.__dict__["_trace_sink"] = trace  # bypasses Keras' attribute tracking
+    try:
+        model(x_t, training=True)
+    finally:
+        model.__dict__.pop("_trace_sink")
     found = {f"forward/{label}": np.asarray(value) for label, value in trace}
     variables = {n: v for n, v in model.neutral_variables().items() if v.trainable}
     names = list(variables)

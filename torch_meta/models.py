@@ -357,7 +357,6 @@ def probe(description, weights: Mapping[str, np.ndarray], x: np.ndarray, directi
     model.set_weights(weights)
     x_t, d_t = torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(direction))
     trace = []
-    functional_call(model, dict(model.named_parameters()), x_t)  # warm path (no trace)
     params = dict(model.named_parameters())
     out = torch.func.functional_call(model, {**{n: b.clone() for n, b in model.named_buffers()}, **params}, (x_t,),
                                      {"trace": trace})
