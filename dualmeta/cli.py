@@ -27,7 +27,7 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 
-COMMANDS = ("train", "evaluate", "compare", "bench")
+COMMANDS = ("train", "evaluate", "compare", "bench", "check-model")
 LEARNER_NAMES = ["maml", "fomaml", "reptile", "metasgd", "anil", "finetune", "protonet", "matchingnet", "lstm",
                  "snail"]
 _ABSL_FLAGS = set(FLAGS)
@@ -693,7 +693,22 @@ def cmd_bench() -> int:
     return 0
 
 
-_COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "bench": cmd_bench}
+# -- check-model (issue 17): a twin description built in both backends, compared ------------------------
+flags.DEFINE_string("model", None, "check-model: a twin description, 'package.module:name' (a dualmeta.twins."
+                    "Description or a function returning one) or a built-in (mlp, conv4, resnet12).")
+
+
+def cmd_check_model() -> int:
+    if not FLAGS.model:
+        raise CommandError("check-model needs --model=package.module:description (or mlp, conv4, resnet12)")
+    from dualmeta import checkmodel
+    ok, text = checkmodel.report(FLAGS.model, dtypes=(FLAGS.dtype,) if FLAGS.dtype else ("float32", "float64"))
+    print(text)
+    return 0 if ok else 1
+
+
+_COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "bench": cmd_bench,
+             "check-model": cmd_check_model}
 
 
 def main(argv: list[str]) -> int:
