@@ -152,6 +152,7 @@ def _experiment(command: str, base: dict | None = None, backend_name: str | None
             for name in names:
                 if not _given(name) and name in base and name not in _NOT_INHERITED:
                     values[name] = base[name]
+    values["backbone"] = FLAGS.model if command != "check-model" and FLAGS.model else (base or {}).get("backbone")
     if values["dtype"] is None:
         values["dtype"] = "float64" if command == "compare" else "float32"
     if values["steps"] is None and command in ("compare", "bench"):
@@ -694,8 +695,9 @@ def cmd_bench() -> int:
 
 
 # -- check-model (issue 17): a twin description built in both backends, compared ------------------------
-flags.DEFINE_string("model", None, "check-model: a twin description, 'package.module:name' (a dualmeta.twins."
-                    "Description or a function returning one) or a built-in (mlp, conv4, resnet12).")
+flags.DEFINE_string("model", None, "train/evaluate/compare: the image backbone, conv4 (default) or resnet12; "
+                    "check-model: a twin description, 'package.module:name' (a dualmeta.twins.Description or a "
+                    "function returning one) or a built-in (mlp, conv4, resnet12).")
 
 
 def cmd_check_model() -> int:

@@ -54,6 +54,7 @@ EVAL_SEED = 2_000_000_011
 VAL_SEED_OFFSET = 1_000_003
 OMNIGLOT_DRAWINGS = 20  # examples per Omniglot class
 IMAGE_SIZE = 28
+BACKBONES = ("conv4", "resnet12")  # --model for classification tasks
 
 _SINUSOID = dict(shots=10, queries=10, meta_batch_size=25, inner_lr=0.01, inner_steps=1, test_inner_steps=10,
                  inner_reduction="mean", meta_lr=1e-3, steps=70_000, hidden=40)
@@ -101,6 +102,7 @@ class Experiment:
     activation: str = "relu"
     lr_decay_every: int | None = None
     data_dir: str | None = None
+    backbone: str = "conv4"  # classification twin: conv4 or resnet12 (--model; issue 17)
 
     # -- what to build ------------------------------------------------------------------------------
     @property
@@ -119,6 +121,8 @@ class Experiment:
         """``(builder name, builder arguments)`` of the twin model."""
         if self.sequence:
             return self._sequence_model()
+        if self.backbone == "resnet12":
+            return self._resnet12()
         if self.tasks == "sinusoid":
             return "mlp", dict(in_features=1, hidden=[self.hidden, self.hidden], out_features=1,
                                activation=self.activation)
@@ -130,6 +134,13 @@ class Experiment:
         # The original MAML Omniglot network: stride-2 convolutions, features averaged over space.
         return "conv4", dict(in_channels=1, hidden=self.hidden, num_classes=self.ways, downsample="stride",
                              head="mean", image_size=IMAGE_SIZE, activation=self.activation)
+
+    def _resnet12(self) -> tuple[str, dict]:
+        """ResNet-12 with widths (h, 2.5h, 5h, 10h) for ``hidden`` h (64: the paper's 64-160-320-640)."""
+        h = self.hidden
+        return "resnet12", dict(in_channels=1, channels=[h, h * 5 // 2, h * 5, h * 10],
+                                num_classes=None if self.metric else self.ways, image_size=IMAGE_SIZE,
+                                track_running_stats=self.metric)
 
     def _sequence_model(self) -> tuple[str, dict]:
         if self.tasks == "sinusoid":
@@ -218,6 +229,11 @@ def resolve(backend: str, learner: str = "maml", tasks: str = "sinusoid", **give
     if unknown:
         raise ValueError(f"Unknown settings {unknown}; expected among {[f.name for f in dataclasses.fields(Experiment)]}")
     given = {key: value for key, value in given.items() if value is not None}
+    if given.get("backbone", "conv4") not in BACKBONES:
+        raise _expected("model", given["backbone"], BACKBONES)
+    if given.get("backbone") == "resnet12" and (tasks == "sinusoid" or learner in SEQUENCE_LEARNERS):
+        raise ValueError(f"--model=resnet12 is an image backbone for the MAML family and the metric learners; "
+                         f"drop it for --tasks={tasks} --learner={learner}")
     if tasks == "sinusoid":
         for key in ("ways", "train_ways", "split"):
             if key in given:
