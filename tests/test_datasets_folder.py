@@ -44,8 +44,8 @@ def test_folder_errors_name_the_class(tmp_path):
     with pytest.raises(ValueError, match="class 'train_empty': no images"):
         folder.load_folder(str(tmp_path), "train")
     (tmp_path / "train" / "train_empty").rmdir()
-    (tmp_path / "train" / "train_c" / "9.png").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="class 'train_c': cannot read image .*9.png"):
+    (tmp_path / "train" / "train_c" / "1b.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="class 'train_c': cannot read image .*1b.png"):
         folder.load_folder(str(tmp_path), "train")
     with pytest.raises(ValueError, match="neither a test/ sub-folder nor a test.txt"):
         folder.load_folder(str(tmp_path / "train"), "test")
