@@ -35,7 +35,7 @@ _ABSL_FLAGS = set(FLAGS)
 flags.DEFINE_enum("backend", None, ["tf", "torch"], "Backend (default: torch if installed, else tf).")
 flags.DEFINE_enum("learner", "maml", LEARNER_NAMES, "Meta-learning algorithm (finetune: the pretrain-then-"
                   "fine-tune baseline; lstm, snail: model-based, the episode read as a sequence).")
-flags.DEFINE_enum("tasks", "sinusoid", ["sinusoid", "omniglot"], "Task family.")
+flags.DEFINE_enum("tasks", "sinusoid", ["sinusoid", "omniglot", "folder"], "Task family (folder: your own images, --data_dir=<root with train/val/test class folders>).")
 flags.DEFINE_enum("split", None, ["vinyals", "lake"], "Omniglot split (default vinyals).")
 flags.DEFINE_integer("ways", None, "Classes per episode at validation/test (omniglot default 5).")
 flags.DEFINE_integer("shots", None, "Support examples per class (sinusoid: points) (default 10 / 1).")

@@ -45,7 +45,7 @@ __all__ = ["Experiment", "resolve", "TASKS", "SPLITS", "MAML_FAMILY", "METRIC_LE
            "EVAL_SEED",
            "VAL_SEED_OFFSET", "DEFINING", "OMNIGLOT_DRAWINGS"]
 
-TASKS = ("sinusoid", "omniglot")
+TASKS = ("sinusoid", "omniglot", "folder")  # folder: your own images under --data_dir (issue 17)
 SPLITS = ("vinyals", "lake")
 MAML_FAMILY = ("maml", "fomaml", "reptile", "metasgd", "anil", "finetune")  # finetune: no training inner loop
 METRIC_LEARNERS = ("protonet", "matchingnet")
@@ -201,8 +201,11 @@ class Experiment:
     def _plain_tasks(self, role: str, ways, shots, queries, seed):
         if self.tasks == "sinusoid":
             return RegressionTasks("sinusoid", shots=shots, queries=queries, seed=seed)
-        from dualmeta import data  # local: Pillow and the zip readers only for Omniglot
         from dualmeta.episodes import ClassificationTasks
+        if self.tasks == "folder":
+            return ClassificationTasks(self._folder(role, shots + queries), ways=ways, shots=shots, queries=queries,
+                                       seed=seed)
+        from dualmeta import data  # local: Pillow and the zip readers only for Omniglot
 
         # Validation classes are held out of training (dualmeta.protocol): for Lake's split, the 5 Vinyals
         # validation alphabets of the background set.
@@ -210,6 +213,19 @@ class Experiment:
                   "lake": {"train": "train", "val": "val", "eval": "evaluation"}}[self.split][role]
         dataset = data.omniglot_split(self.split, subset, data_dir=self.data_dir, image_size=IMAGE_SIZE)
         return ClassificationTasks(dataset, ways=ways, shots=shots, queries=queries, seed=seed)
+
+
+def _folder_dataset(self, role: str, needed: int):
+    """--tasks=folder: the train/val/test classes under --data_dir, grey, resized to IMAGE_SIZE."""
+    from dualmeta.datasets.folder import load_folder
+    if not self.data_dir:
+        raise ValueError("--tasks=folder needs --data_dir=<folder with train/ val/ test/ class folders or "
+                         "train.txt, val.txt, test.txt lists>")
+    return load_folder(self.data_dir, {"train": "train", "val": "val", "eval": "test"}[role],
+                       image_size=IMAGE_SIZE, channels=1, needed=needed)
+
+
+Experiment._folder = _folder_dataset
 
 
 def _expected(name, value, accepted):

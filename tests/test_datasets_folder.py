@@ -1,4 +1,8 @@
 """The image-folder dataset on small folders fabricated in the real on-disk format (PNG and JPEG files)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -49,3 +53,28 @@ def test_folder_errors_name_the_class(tmp_path):
         folder.load_folder(str(tmp_path), "train")
     with pytest.raises(ValueError, match="neither a test/ sub-folder nor a test.txt"):
         folder.load_folder(str(tmp_path / "train"), "test")
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, cwd, check):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-m", "dualmeta", *map(str, args)], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == check, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_train_on_a_folder_with_resnet12_in_each_backend_and_evaluate_in_the_other(tmp_path):
+    """The acceptance check of issue 17, tiny: 2 steps of ProtoNet on ResNet-12 (widths 2-5-10-20)."""
+    _make(tmp_path / "images", classes=("a", "b", "c"), per_class=3)
+    args = ["--tasks=folder", f"--data_dir={tmp_path / 'images'}", "--model=resnet12", "--learner=protonet",
+            "--hidden=2", "--train_ways=3", "--ways=3", "--shots=1", "--queries=2", "--train_queries=2",
+            "--steps=2", "--episodes=3"]
+    for trained, other in (("torch", "tf"), ("tf", "torch")):
+        run_cli("train", f"--backend={trained}", *args, f"--logdir={tmp_path / trained}", cwd=tmp_path, check=0)
+        lines = [run_cli("evaluate", f"--backend={b}", f"--checkpoint={tmp_path / trained}", "--episodes=3",
+                         f"--data_dir={tmp_path / 'images'}", cwd=tmp_path, check=0).stdout.strip().splitlines()[-1]
+                 for b in (trained, other)]
+        assert lines[0].split("accuracy")[1] == lines[1].split("accuracy")[1], lines
