@@ -66,6 +66,7 @@ def run_cli(*args, cwd, check):
     return result
 
 
+@pytest.mark.slow  # ~80 s of CPU (six CLI runs): over the default run's time budget
 def test_train_on_a_folder_with_resnet12_in_each_backend_and_evaluate_in_the_other(tmp_path):
     """The acceptance check of issue 17, tiny: 2 steps of ProtoNet on ResNet-12 (widths 2-5-10-20)."""
     _make(tmp_path / "images", classes=("a", "b", "c"), per_class=3)
