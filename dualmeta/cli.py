@@ -27,7 +27,7 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 
-COMMANDS = ("train", "evaluate", "compare", "bench")
+COMMANDS = ("train", "evaluate", "compare", "bench", "check-model")
 LEARNER_NAMES = ["maml", "fomaml", "reptile", "metasgd", "anil", "finetune", "protonet", "matchingnet", "lstm",
                  "snail", "baseline", "baseline_pp", "simclr", "mae"]
 _ABSL_FLAGS = set(FLAGS)
@@ -35,7 +35,7 @@ _ABSL_FLAGS = set(FLAGS)
 flags.DEFINE_enum("backend", None, ["tf", "torch"], "Backend (default: torch if installed, else tf).")
 flags.DEFINE_enum("learner", "maml", LEARNER_NAMES, "Meta-learning algorithm (finetune: the pretrain-then-"
                   "fine-tune baseline; lstm, snail: model-based, the episode read as a sequence).")
-flags.DEFINE_enum("tasks", "sinusoid", ["sinusoid", "omniglot"], "Task family.")
+flags.DEFINE_enum("tasks", "sinusoid", ["sinusoid", "omniglot", "folder"], "Task family (folder: your own images, --data_dir=<root with train/val/test class folders>).")
 flags.DEFINE_enum("split", None, ["vinyals", "lake"], "Omniglot split (default vinyals).")
 flags.DEFINE_integer("ways", None, "Classes per episode at validation/test (omniglot default 5).")
 flags.DEFINE_integer("shots", None, "Support examples per class (sinusoid: points) (default 10 / 1).")
@@ -161,6 +161,7 @@ def _experiment(command: str, base: dict | None = None, backend_name: str | None
             for name in names:
                 if not _given(name) and name in base and name not in _NOT_INHERITED:
                     values[name] = base[name]
+    values["backbone"] = FLAGS.model if command != "check-model" and FLAGS.model else (base or {}).get("backbone")
     if values["dtype"] is None:
         values["dtype"] = "float64" if command == "compare" else "float32"
     if values["steps"] is None and command in ("compare", "bench"):
@@ -720,7 +721,23 @@ def cmd_bench() -> int:
     return 0
 
 
-_COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "bench": cmd_bench}
+# -- check-model (issue 17): a twin description built in both backends, compared ------------------------
+flags.DEFINE_string("model", None, "train/evaluate/compare: the image backbone, conv4 (default) or resnet12; "
+                    "check-model: a twin description, 'package.module:name' (a dualmeta.twins.Description or a "
+                    "function returning one) or a built-in (mlp, conv4, resnet12).")
+
+
+def cmd_check_model() -> int:
+    if not FLAGS.model:
+        raise CommandError("check-model needs --model=package.module:description (or mlp, conv4, resnet12)")
+    from dualmeta import checkmodel
+    ok, text = checkmodel.report(FLAGS.model, dtypes=(FLAGS.dtype,) if FLAGS.dtype else ("float32", "float64"))
+    print(text)
+    return 0 if ok else 1
+
+
+_COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "bench": cmd_bench,
+             "check-model": cmd_check_model}
 
 
 def main(argv: list[str]) -> int:

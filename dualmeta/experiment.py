@@ -46,7 +46,7 @@ __all__ = ["Experiment", "resolve", "TASKS", "SPLITS", "MAML_FAMILY", "METRIC_LE
            "EVAL_SEED",
            "VAL_SEED_OFFSET", "DEFINING", "OMNIGLOT_DRAWINGS"]
 
-TASKS = ("sinusoid", "omniglot")
+TASKS = ("sinusoid", "omniglot", "folder")  # folder: your own images under --data_dir (issue 17)
 SPLITS = ("vinyals", "lake")
 MAML_FAMILY = ("maml", "fomaml", "reptile", "metasgd", "anil", "finetune")  # finetune: no training inner loop
 METRIC_LEARNERS = ("protonet", "matchingnet")
@@ -57,6 +57,7 @@ EVAL_SEED = 2_000_000_011
 VAL_SEED_OFFSET = 1_000_003
 OMNIGLOT_DRAWINGS = 20  # examples per Omniglot class
 IMAGE_SIZE = 28
+BACKBONES = ("conv4", "resnet12")  # --model for classification tasks
 
 _SINUSOID = dict(shots=10, queries=10, meta_batch_size=25, inner_lr=0.01, inner_steps=1, test_inner_steps=10,
                  inner_reduction="mean", meta_lr=1e-3, steps=70_000, hidden=40)
@@ -109,6 +110,7 @@ class Experiment:
     data_dir: str | None = None
     recompute_inner_steps: bool = False  # maml, metasgd, anil: rebuild each inner step's graph in backward
     mask_ratio: float | None = None  # mae: the fraction of each image hidden (default 0.75)
+    backbone: str = "conv4"  # classification twin: conv4 or resnet12 (--model; issue 17)
 
     # -- what to build ------------------------------------------------------------------------------
     @property
@@ -131,6 +133,8 @@ class Experiment:
         """``(builder name, builder arguments)`` of the twin model."""
         if self.sequence:
             return self._sequence_model()
+        if self.backbone == "resnet12":
+            return self._resnet12()
         if self.tasks == "sinusoid":
             return "mlp", dict(in_features=1, hidden=[self.hidden, self.hidden], out_features=1,
                                activation=self.activation)
@@ -142,6 +146,13 @@ class Experiment:
         # The original MAML Omniglot network: stride-2 convolutions, features averaged over space.
         return "conv4", dict(in_channels=1, hidden=self.hidden, num_classes=self.ways, downsample="stride",
                              head="mean", image_size=IMAGE_SIZE, activation=self.activation)
+
+    def _resnet12(self) -> tuple[str, dict]:
+        """ResNet-12 with widths (h, 2.5h, 5h, 10h) for ``hidden`` h (64: the paper's 64-160-320-640)."""
+        h = self.hidden
+        return "resnet12", dict(in_channels=1, channels=[h, h * 5 // 2, h * 5, h * 10],
+                                num_classes=None if self.metric else self.ways, image_size=IMAGE_SIZE,
+                                track_running_stats=self.metric)
 
     def _sequence_model(self) -> tuple[str, dict]:
         if self.tasks == "sinusoid":
@@ -222,8 +233,11 @@ class Experiment:
     def _plain_tasks(self, role: str, ways, shots, queries, seed):
         if self.tasks == "sinusoid":
             return RegressionTasks("sinusoid", shots=shots, queries=queries, seed=seed)
-        from dualmeta import data  # local: Pillow and the zip readers only for Omniglot
         from dualmeta.episodes import ClassificationTasks
+        if self.tasks == "folder":
+            return ClassificationTasks(self._folder(role, shots + queries), ways=ways, shots=shots, queries=queries,
+                                       seed=seed)
+        from dualmeta import data  # local: Pillow and the zip readers only for Omniglot
 
         # Validation classes are held out of training (dualmeta.protocol): for Lake's split, the 5 Vinyals
         # validation alphabets of the background set.
@@ -231,6 +245,19 @@ class Experiment:
                   "lake": {"train": "train", "val": "val", "eval": "evaluation"}}[self.split][role]
         dataset = data.omniglot_split(self.split, subset, data_dir=self.data_dir, image_size=IMAGE_SIZE)
         return ClassificationTasks(dataset, ways=ways, shots=shots, queries=queries, seed=seed)
+
+
+def _folder_dataset(self, role: str, needed: int):
+    """--tasks=folder: the train/val/test classes under --data_dir, grey, resized to IMAGE_SIZE."""
+    from dualmeta.datasets.folder import load_folder
+    if not self.data_dir:
+        raise ValueError("--tasks=folder needs --data_dir=<folder with train/ val/ test/ class folders or "
+                         "train.txt, val.txt, test.txt lists>")
+    return load_folder(self.data_dir, {"train": "train", "val": "val", "eval": "test"}[role],
+                       image_size=IMAGE_SIZE, channels=1, needed=needed)
+
+
+Experiment._folder = _folder_dataset
 
 
 def _expected(name, value, accepted):
@@ -252,6 +279,11 @@ def resolve(backend: str, learner: str = "maml", tasks: str = "sinusoid", **give
     if unknown:
         raise ValueError(f"Unknown settings {unknown}; expected among {[f.name for f in dataclasses.fields(Experiment)]}")
     given = {key: value for key, value in given.items() if value is not None}
+    if given.get("backbone", "conv4") not in BACKBONES:
+        raise _expected("model", given["backbone"], BACKBONES)
+    if given.get("backbone") == "resnet12" and (tasks == "sinusoid" or learner in SEQUENCE_LEARNERS):
+        raise ValueError(f"--model=resnet12 is an image backbone for the MAML family and the metric learners; "
+                         f"drop it for --tasks={tasks} --learner={learner}")
     if tasks == "sinusoid":
         for key in ("ways", "train_ways", "split"):
             if key in given:
@@ -348,6 +380,9 @@ def _resolve_pretrain(backend: str, learner: str, tasks: str, given: dict) -> Ex
         if key in given:
             raise ValueError(f"--{key} does not apply to --learner={learner} (it trains on batches of "
                              f"--meta_batch_size images, not episodes); drop it")
+    if given.get("backbone", "conv4") != "conv4":
+        raise ValueError(f"--learner={learner} pretrains the max-pool conv4 only; received --model={given['backbone']}: "
+                         "drop --model")
     if given.get("recompute_inner_steps"):
         raise ValueError(f"--recompute_inner_steps saves the second-order graph of {', '.join(SECOND_ORDER)}; "
                          f"--learner={learner} has no inner loop: drop it")

@@ -604,3 +604,22 @@ def test_evaluate_with_support_statistics(tmp_path):
     assert reports["query"]["loss"]["mean"] != reports["support"]["loss"]["mean"]
     result = run_cli("train", "--steps=1", "--test_norm=support", "--logdir=sine", cwd=tmp_path)
     assert_one_line_error(result, "--test_norm", "drop it for --learner=maml --tasks=sinusoid")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Issue 17: check-model and --model=resnet12
+# ----------------------------------------------------------------------------------------------------
+
+def test_check_model_names_the_mismatched_layer(tmp_path):
+    result = run_cli("check-model", "--model=examples.my_twins:mismatched", "--dtype=float64", cwd=REPO_ROOT, check=1)
+    assert "FAIL at the output of layer 'gelu'" in result.stdout, result.stdout
+
+
+@pytest.mark.slow
+def test_resnet12_protonet_trains_in_torch_and_evaluates_the_same_in_tf(tmp_path):
+    args = ["--tasks=omniglot", "--learner=protonet", "--model=resnet12", "--hidden=2", "--train_ways=3", "--ways=3",
+            "--shots=1", "--queries=2", "--train_queries=2", "--episodes=4"]
+    run_cli("train", "--backend=torch", *args, "--steps=2", f"--logdir={tmp_path / 'run'}", cwd=tmp_path, check=0)
+    lines = [run_cli("evaluate", f"--backend={b}", f"--checkpoint={tmp_path / 'run'}", "--episodes=4", cwd=tmp_path,
+                     check=0).stdout.strip().splitlines()[-1] for b in ("tf", "torch")]
+    assert lines[0].split("accuracy")[1] == lines[1].split("accuracy")[1], lines

@@ -23,7 +23,8 @@ import tensorflow as tf
 
 from dualmeta import weights as neutral
 
-__all__ = ["BatchNorm", "MLP", "Conv4", "mlp", "conv4", "functional_call", "NORM_EPS", "NORM_MOMENTUM"]
+__all__ = ["BatchNorm", "MLP", "Conv4", "mlp", "conv4", "functional_call", "NORM_EPS", "NORM_MOMENTUM", "Twin", "build",
+           "resnet12"]
 
 NORM_EPS = 1e-5
 NORM_MOMENTUM = 0.1  # update rate: running = (1 - momentum) * running + momentum * batch_statistic
@@ -244,3 +245,124 @@ def functional_call(model: keras.Model, params: Mapping[str, tf.Tensor], x: tf.T
     kwargs = {} if stats_rows is None else {"stats_rows": int(stats_rows)}
     outputs, _ = model.stateless_call(trainable, non_trainable, x, training=training, **kwargs)
     return outputs
+
+
+# -- twins from a neutral description (dualmeta.twins) ------------------------------------------------------
+_TWIN_ACTIVATIONS = {"relu": lambda x, layer: tf.nn.relu(x), "softplus": lambda x, layer: tf.nn.softplus(x),
+                     # not tf.nn.leaky_relu: its alpha is a float32 attribute (0.1 -> 0.100000001), off by 1e-9
+                     # in float64; torch keeps the slope in double. Slope at 0 as in torch (x > 0 ? x : slope x).
+                     "leaky_relu": lambda x, layer: tf.where(x > 0, x, x * layer.slope)}
+
+
+class Twin(_Weights, keras.Model):
+    """A model built from a ``dualmeta.twins.Description``: neutral names, NHWC images, Keras layouts inside.
+
+    ``call(x, training=False, stats_rows=None)``; ``probe`` collects ``(layer name, output)`` of every layer
+    (Keras copies list arguments, so the sink is a plain attribute), which ``dualmeta check-model`` compares.
+    """
+
+    def __init__(self, description, **kwargs):
+        super().__init__(name=description.name, **kwargs)
+        from dualmeta import twins
+        self.description, self.spec, self._twins = description, description.spec(), twins
+        self._owners = {}
+        self._make(description.layers)
+        self._param_layers = list(self._owners.values())
+
+    def _make(self, layers):
+        T, policy = self._twins, self.dtype_policy
+        for layer in layers:
+            if isinstance(layer, (T.Conv2d, T.Dense)):
+                self._owners[layer.name] = _Param(self.spec, layer.name, dtype=policy)
+            elif isinstance(layer, T.BatchNorm):
+                self._owners[layer.name] = BatchNorm(self.spec, layer.name, dtype=policy)
+            elif isinstance(layer, T.Residual):
+                self._make(layer.body)
+                self._make(layer.shortcut)
+
+    def _run(self, layers, x, training, stats_rows, trace, prefix=""):
+        T = self._twins
+        for label, layer in zip(T.layer_names(layers, prefix), layers):
+            if isinstance(layer, T.Conv2d):
+                owner, p = self._owners[layer.name], layer.padding
+                if p:
+                    x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+                x = tf.nn.conv2d(x, owner.weight, strides=layer.stride, padding="VALID")
+                if layer.bias:
+                    x = x + owner.bias
+            elif isinstance(layer, T.BatchNorm):
+                x = self._owners[layer.name](x, training=training, stats_rows=stats_rows)
+            elif isinstance(layer, T.Activation):
+                x = _TWIN_ACTIVATIONS[layer.kind](x, layer)
+            elif isinstance(layer, T.MaxPool):
+                x = tf.nn.max_pool2d(x, layer.size, layer.size, "VALID")
+            elif isinstance(layer, T.Flatten):
+                x = tf.transpose(x, (0, 3, 1, 2))  # NHWC -> NCHW: the neutral (C, H, W) flatten order
+                x = tf.reshape(x, (tf.shape(x)[0], -1))
+            elif isinstance(layer, T.GlobalMean):
+                x = tf.reduce_mean(x, axis=(1, 2))
+            elif isinstance(layer, T.Dense):
+                owner = self._owners[layer.name]
+                x = tf.matmul(x, owner.weight) + owner.bias
+            elif isinstance(layer, T.Residual):
+                body = self._run(layer.body, x, training, stats_rows, trace, label + ".")
+                x = body + (self._run(layer.shortcut, x, training, stats_rows, trace, label + ".shortcut.")
+                            if layer.shortcut else x)
+            elif isinstance(layer, T.Function):
+                x = T.resolve(layer.tf)(x)
+            if trace is not None:
+                trace.append((label, x))
+        return x
+
+    def call(self, x, training=False, stats_rows=None):
+        return self._run(self.description.layers, x, training, stats_rows, self.__dict__.get("_trace_sink"))
+
+
+def build(description, dtype: str = "float32", init: str = "neutral", seed: int = 0) -> Twin:
+    """The Keras twin of a ``dualmeta.twins.Description`` (neutral initial weights from ``seed``)."""
+    model = Twin(description, dtype=neutral.check_dtype(dtype))
+    return _build(model, tuple(description.input_shape), init, seed, dtype)
+
+
+def resnet12(in_channels: int = 3, channels: tuple[int, ...] = (64, 160, 320, 640), num_classes: int | None = None,
+             image_size: int = 84, track_running_stats: bool = False, slope: float = 0.1, dtype: str = "float32",
+             init: str = "neutral", seed: int = 0) -> Twin:
+    """ResNet-12 of ``dualmeta.twins.resnet12`` (see there for the arguments)."""
+    from dualmeta import twins
+    return build(twins.resnet12(in_channels, tuple(channels), num_classes, image_size, track_running_stats, slope),
+                 dtype, init, seed)
+
+
+def probe(description, weights: Mapping[str, np.ndarray], x: np.ndarray, direction: np.ndarray,
+          inner_lr: float = 0.1) -> dict[str, np.ndarray]:
+    """What ``dualmeta check-model`` compares: every layer's output, the gradients of ``sum(out * direction)``
+    and the second-order gradient through one inner step (MAML's), as numpy in neutral layouts."""
+    dtype = str(np.asarray(x).dtype)
+    model = build(description, dtype=dtype)
+    model.set_weights(weights)
+    x_t, d_t = tf.constant(np.asarray(x)), tf.constant(np.asarray(direction))
+    trace = []
+    model.__dict__["_trace_sink"] = trace  # bypasses Keras' attribute tracking
+    try:
+        model(x_t, training=True)
+    finally:
+        model.__dict__.pop("_trace_sink")
+    found = {f"forward/{label}": np.asarray(value) for label, value in trace}
+    variables = {n: v for n, v in model.neutral_variables().items() if v.trainable}
+    names = list(variables)
+    kinds = {n: model.spec.tensors[n].kind for n in names}
+    params = {n: tf.convert_to_tensor(v.value) for n, v in variables.items()}
+    with tf.GradientTape() as outer_tape:
+        outer_tape.watch(list(params.values()))
+        with tf.GradientTape() as tape:
+            tape.watch(list(params.values()))
+            loss = tf.reduce_sum(functional_call(model, params, x_t) * d_t)
+        grads = tape.gradient(loss, [params[n] for n in names])
+        fast = {n: params[n] - inner_lr * g for n, g in zip(names, grads)}
+        outer = tf.reduce_sum(tf.square(functional_call(model, fast, x_t) * d_t))
+    second = outer_tape.gradient(outer, [params[n] for n in names])
+    for n, g, s in zip(names, grads, second):
+        to_neutral = _TO_NEUTRAL.get(kinds[n], np.asarray)
+        found[f"grads/{n}"] = np.ascontiguousarray(to_neutral(np.asarray(g)))
+        found[f"second_order/{n}"] = np.ascontiguousarray(to_neutral(np.asarray(s)))
+    return found

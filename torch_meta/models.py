@@ -22,7 +22,8 @@ from torch import nn
 
 from dualmeta import weights as neutral
 
-__all__ = ["BatchNorm", "MLP", "Conv4", "mlp", "conv4", "functional_call", "NORM_EPS", "NORM_MOMENTUM"]
+__all__ = ["BatchNorm", "MLP", "Conv4", "mlp", "conv4", "functional_call", "NORM_EPS", "NORM_MOMENTUM", "Twin", "build",
+           "resnet12"]
 
 NORM_EPS = 1e-5
 NORM_MOMENTUM = 0.1  # update rate: running = (1 - momentum) * running + momentum * batch_statistic
@@ -208,6 +209,9 @@ def _batched_call(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch
     batch norm. One big operation per layer instead of B small ones keeps both cores busy and removes the
     per-task Python loop; the numbers equal the loop's up to round-off (``parity_tests`` checks them).
     """
+    if not isinstance(model, (MLP, Conv4)):  # a twin from a description: one task at a time
+        return torch.stack([functional_call(model, {n: p[b] for n, p in params.items()}, x[b])
+                            for b in range(x.shape[0])])
     activation = _ACTIVATIONS[model.spec.config["activation"]]
     if isinstance(model, MLP):
         h = x
@@ -235,3 +239,136 @@ def _batched_call(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch
         return features.transpose(0, 1)
     logits = torch.einsum("nbf,bof->bno", features, params["head.weight"]) + params["head.bias"][:, None]
     return logits
+
+
+# -- twins from a neutral description (dualmeta.twins) ------------------------------------------------------
+_TWIN_ACTIVATIONS = {"relu": lambda x, layer: F.relu(x), "softplus": lambda x, layer: F.softplus(x),
+                     "leaky_relu": lambda x, layer: F.leaky_relu(x, layer.slope)}
+
+
+class _Tensors(nn.Module):
+    """Holds the parameters of one neutral prefix (``blocks.0.conv``) as ``weight``/``bias`` attributes."""
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]]):
+        super().__init__()
+        for suffix, shape in shapes.items():
+            setattr(self, suffix, nn.Parameter(torch.zeros(shape)))
+
+
+def _child(root: nn.Module, path: str, make):
+    """The module at dotted ``path`` under ``root``, created (with containers above it) if missing."""
+    *parents, last = path.split(".")
+    node = root
+    for part in parents:
+        if not hasattr(node, part):
+            node.add_module(part, nn.Module())
+        node = getattr(node, part)
+    if not hasattr(node, last):
+        node.add_module(last, make())
+    return getattr(node, last)
+
+
+class Twin(_Weights, nn.Module):
+    """A model built from a ``dualmeta.twins.Description``: neutral names, NHWC images in, PyTorch inside.
+
+    ``forward(x, stats_rows=None, trace=None)``: ``trace`` (a list) collects ``(layer name, output)`` of every
+    layer, feature maps in NHWC, which is what ``dualmeta check-model`` compares.
+    """
+
+    def __init__(self, description):
+        super().__init__()
+        from dualmeta import twins
+        self.description, self.spec, self._twins = description, description.spec(), twins
+        self._make(description.layers)
+
+    def _make(self, layers):
+        T = self._twins
+        for layer in layers:
+            if isinstance(layer, T.Conv2d):
+                shapes = {"weight": (layer.out_channels, layer.in_channels, layer.kernel, layer.kernel)}
+                if layer.bias:
+                    shapes["bias"] = (layer.out_channels,)
+                _child(self, layer.name, lambda: _Tensors(shapes))
+            elif isinstance(layer, T.Dense):
+                _child(self, layer.name, lambda: _Tensors({"weight": (layer.out_features, layer.in_features),
+                                                           "bias": (layer.out_features,)}))
+            elif isinstance(layer, T.BatchNorm):
+                _child(self, layer.name, lambda: BatchNorm(layer.channels, track_running_stats=layer.track_running_stats))
+            elif isinstance(layer, T.Residual):
+                self._make(layer.body)
+                self._make(layer.shortcut)
+
+    def _get(self, name: str) -> nn.Module:
+        return self.get_submodule(name)
+
+    def _run(self, layers, x, stats_rows, trace, prefix=""):
+        T = self._twins
+        for label, layer in zip(T.layer_names(layers, prefix), layers):
+            if isinstance(layer, T.Conv2d):
+                m = self._get(layer.name)
+                x = F.conv2d(x, m.weight, getattr(m, "bias", None) if layer.bias else None, stride=layer.stride,
+                             padding=layer.padding)
+            elif isinstance(layer, T.BatchNorm):
+                x = self._get(layer.name)(x, stats_rows)
+            elif isinstance(layer, T.Activation):
+                x = _TWIN_ACTIVATIONS[layer.kind](x, layer)
+            elif isinstance(layer, T.MaxPool):
+                x = F.max_pool2d(x, layer.size)
+            elif isinstance(layer, T.Flatten):
+                x = x.flatten(1)  # NCHW: the neutral (C, H, W) order
+            elif isinstance(layer, T.GlobalMean):
+                x = x.mean(dim=(2, 3))
+            elif isinstance(layer, T.Dense):
+                m = self._get(layer.name)
+                x = F.linear(x, m.weight, m.bias)
+            elif isinstance(layer, T.Residual):
+                body = self._run(layer.body, x, stats_rows, trace, label + ".")
+                x = body + (self._run(layer.shortcut, x, stats_rows, trace, label + ".shortcut.")
+                            if layer.shortcut else x)
+            elif isinstance(layer, T.Function):
+                x = T.resolve(layer.torch)(x)
+            if trace is not None:
+                trace.append((label, x.permute(0, 2, 3, 1) if x.dim() == 4 else x))
+        return x
+
+    def forward(self, x: torch.Tensor, stats_rows: int | None = None, trace: list | None = None) -> torch.Tensor:
+        if len(self.description.input_shape) == 3:
+            x = x.permute(0, 3, 1, 2)  # NHWC (neutral) -> NCHW
+        return self._run(self.description.layers, x, stats_rows, trace)
+
+
+def build(description, dtype: str = "float32", init: str = "neutral", seed: int = 0) -> Twin:
+    """The PyTorch twin of a ``dualmeta.twins.Description`` (neutral initial weights from ``seed``)."""
+    return _build(Twin(description), init, seed, dtype)
+
+
+def resnet12(in_channels: int = 3, channels: tuple[int, ...] = (64, 160, 320, 640), num_classes: int | None = None,
+             image_size: int = 84, track_running_stats: bool = False, slope: float = 0.1, dtype: str = "float32",
+             init: str = "neutral", seed: int = 0) -> Twin:
+    """ResNet-12 of ``dualmeta.twins.resnet12`` (see there for the arguments)."""
+    from dualmeta import twins
+    return build(twins.resnet12(in_channels, tuple(channels), num_classes, image_size, track_running_stats, slope),
+                 dtype, init, seed)
+
+
+def probe(description, weights: Mapping[str, np.ndarray], x: np.ndarray, direction: np.ndarray,
+          inner_lr: float = 0.1) -> dict[str, np.ndarray]:
+    """What ``dualmeta check-model`` compares: every layer's output, the gradients of ``sum(out * direction)``
+    and the second-order gradient through one inner step (MAML's), as numpy in neutral layouts."""
+    dtype = str(np.asarray(x).dtype)
+    model = build(description, dtype=dtype)
+    model.set_weights(weights)
+    x_t, d_t = torch.as_tensor(np.asarray(x)), torch.as_tensor(np.asarray(direction))
+    trace = []
+    params = dict(model.named_parameters())
+    out = torch.func.functional_call(model, {**{n: b.clone() for n, b in model.named_buffers()}, **params}, (x_t,),
+                                     {"trace": trace})
+    found = {f"forward/{label}": value.detach().numpy() for label, value in trace}
+    names = list(params)
+    grads = torch.autograd.grad((out * d_t).sum(), [params[n] for n in names], create_graph=True)
+    found.update({f"grads/{n}": g.detach().numpy() for n, g in zip(names, grads)})
+    fast = {n: params[n] - inner_lr * g for n, g in zip(names, grads)}
+    outer = (functional_call(model, fast, x_t) * d_t).square().sum()
+    second = torch.autograd.grad(outer, [params[n] for n in names])
+    found.update({f"second_order/{n}": g.numpy() for n, g in zip(names, second)})
+    return found

@@ -64,7 +64,7 @@ import torch.nn.functional as F
 
 from dualmeta.episodes import Episode
 from torch_meta.core import OPTIMIZERS, Learner, task_accuracy, task_loss
-from torch_meta.models import functional_call
+from torch_meta.models import Conv4, functional_call
 
 __all__ = ["DISTANCES", "NORM_EPS", "MetricLearner", "ProtoNet"]
 
@@ -181,7 +181,7 @@ class MetricLearner(Learner):
         Other models run their own forward.
         """
         model = self.model
-        if not hasattr(model, "blocks"):
+        if not isinstance(model, Conv4):
             if training and update_stats:
                 model.train()
                 return model(x)
