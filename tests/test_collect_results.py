@@ -285,6 +285,13 @@ def test_check_fails_when_the_parity_report_predates_the_suite(results, tmp_path
     write(results / "parity.json", {**report, "measured": {**report["measured"], "command": "pytest parity_tests -k maml"}})
     assert collect.main(["--results", str(results), "--out", str(out), "--check"]) == 1
     assert "not by the whole suite" in capsys.readouterr().out
+    # options that select no test leave it the whole suite
+    write(results / "parity.json", {**report, "measured": {
+        **report["measured"], "command": collect.PARITY_COMMAND + " -p no:cacheprovider --durations=25"}})
+    assert collect.main(["--results", str(results), "--out", str(out), "--check"]) == 0
+    write(results / "parity.json", {**report, "measured": {**report["measured"],
+                                                           "command": collect.PARITY_COMMAND + " -x -m 'not slow'"}})
+    assert collect.main(["--results", str(results), "--out", str(out), "--check"]) == 1
 
 
 def test_the_published_pages_are_current():
