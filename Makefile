@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet -d "$$(mktemp -d)"
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 env: $(STAMP)
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from dualmeta.episodes import ClassDataset, _rotate, episode_rng
 
-__all__ = ["ClassBatch", "ViewPair", "MaskedImages", "ClassBatches", "ViewBatches", "MaskedBatches", "augment",
+__all__ = ["check_class_ids", "ClassBatch", "ViewPair", "MaskedImages", "ClassBatches", "ViewBatches", "MaskedBatches", "augment",
            "patch_mask", "check_mask_ratio", "check_support_classes", "classifier_init", "feature_size",
            "head_batches", "check_views", "stack_views", "check_masked", "HEADS", "HEAD_STEPS", "HEAD_BATCH", "HEAD_LR", "HEAD_MOMENTUM", "VIEW_SALT", "MASK_SALT"]
 
@@ -103,6 +103,14 @@ class MaskedBatches(ClassBatches):
         x = self._draw(index, size).x
         rng = episode_rng(self.seed + MASK_SALT, index)
         return MaskedImages(x, patch_mask(x.shape, self.mask_ratio, self.patch, rng))
+
+
+def check_class_ids(y, num_classes: int) -> None:
+    """Class ids of a training batch (numpy, checked before any device sees them) within the classifier."""
+    y = np.asarray(y)
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"Expected class ids in 0..{num_classes - 1}; received {int(y.min())} to "
+                         f"{int(y.max())}: build the learner with num_classes = the training classes")
 
 
 def check_mask_ratio(mask_ratio) -> float:

@@ -83,8 +83,44 @@ def _created_tensors(learner, adapted) -> dict[str, set[str]]:
             "adapted": _devices(adapted.values())}
 
 
+# The pretraining learners train on image batches (dualmeta.pretrain), not on episodes, and are scored
+# on episodes with a few-shot head: learner -> (constructor arguments, batch kind)
+PRETRAIN_CASES = {
+    "baseline": (dict(num_classes=4), "class"),
+    "baseline_pp": (dict(num_classes=4), "class"),
+    "simclr": (dict(projection_hidden=4, projection_dim=4), "views"),
+    "mae": (dict(decoder_hidden=4), "masked"),
+}
+
+
 def test_every_learner_has_a_case():
-    assert {case.split("-")[0] for case in CASES} == set(backend.LEARNERS)
+    assert {case.split("-")[0] for case in CASES} | set(PRETRAIN_CASES) == set(backend.LEARNERS)
+
+
+def _pretrain_setup(name: str, device: str):
+    from dualmeta import pretrain
+    images = np.random.default_rng(1).random((4, 4, IMAGE, IMAGE), dtype=np.float32)
+    data = ClassDataset.from_grouped(images)
+    kwargs, kind = PRETRAIN_CASES[name]
+    batches = {"class": pretrain.ClassBatches, "views": pretrain.ViewBatches,
+               "masked": lambda d, seed: pretrain.MaskedBatches(d, seed=seed, mask_ratio=0.5, patch=4)}[kind](data, seed=0)
+    model = models.conv4(hidden=4, downsample="maxpool", image_size=IMAGE, track_running_stats=True).to(device)
+    learner = backend.learner_class("torch", name)(model, **kwargs)
+    return learner, batches, ClassificationTasks(data, ways=2, shots=1, queries=1, seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(PRETRAIN_CASES))
+def test_pretraining_learner_on_the_cpu_and_on_another_device(name, float_of_meta_is_zero):
+    """Pretraining, then a few-shot head: on the CPU every result is finite; on meta no CPU tensor mixes in."""
+    learner, batches, tasks = _pretrain_setup(name, "cpu")
+    assert np.isfinite(learner.meta_train_step(batches.batch(0, 4))["loss"])
+    assert np.isfinite(learner.evaluate(tasks.take(2, start=3))["loss"]["mean"])
+    learner, batches, tasks = _pretrain_setup(name, "meta")
+    assert learner._device == torch.device("meta")
+    learner.meta_train_step(batches.batch(0, 4))
+    adapted = learner.adapt(tasks.episode(5))
+    created = _created_tensors(learner, adapted)
+    assert all(devices <= {"meta"} for devices in created.values()), created
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

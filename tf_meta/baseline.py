@@ -63,11 +63,8 @@ class Baseline(Pretrainer):
         return tf.matmul(z, self.extra["classifier.weight"], transpose_b=True) + self.extra["classifier.bias"]
 
     def _inputs(self, batch):
-        y = np.asarray(batch.y)
-        if y.min() < 0 or y.max() >= self.num_classes:
-            raise ValueError(f"Expected class ids in 0..{self.num_classes - 1}; received {int(y.min())} to "
-                             f"{int(y.max())}: build the learner with num_classes = the training classes")
-        return as_tensor(batch.x, self.dtype), as_tensor(y, self.dtype)
+        neutral.check_class_ids(batch.y, self.num_classes)
+        return as_tensor(batch.x, self.dtype), as_tensor(np.asarray(batch.y), self.dtype)
 
     def _batch_loss(self, inputs, update_stats):
         x, y = inputs

@@ -62,10 +62,8 @@ class Baseline(Pretrainer):
         return z @ self.extra["classifier.weight"].T + self.extra["classifier.bias"]
 
     def _batch_loss(self, batch, update_stats):
+        neutral.check_class_ids(batch.y, self.num_classes)  # on the numpy ids: no device sync per step
         x, y = self._as_tensor(batch.x), self._as_tensor(batch.y)
-        if y.min() < 0 or y.max() >= self.num_classes:
-            raise ValueError(f"Expected class ids in 0..{self.num_classes - 1}; received {int(y.min())} to "
-                             f"{int(y.max())}: build the learner with num_classes = the training classes")
         logits = self._classify(self._encode(x, training=True, update_stats=update_stats))
         return task_loss(logits, y), {"accuracy": task_accuracy(logits.detach(), y)}
     # --8<-- [end:loss]
