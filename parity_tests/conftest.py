@@ -202,10 +202,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if report not in ("", "1") and not report.endswith(".json"):
         terminalreporter.write_line(f"DUALMETA_PARITY_REPORT: expected '1' or a path ending in .json; "
                                     f"received {report!r} (nothing written)", red=True)
-    if report.endswith(".json") and getattr(config.option, "numprocesses", None):
-        terminalreporter.write_line("DUALMETA_PARITY_REPORT: the report gathers every case in one process; rerun "
-                                    "without -n (nothing written)", red=True)
-        return
     if not MEASURED:
         return
     if config.option.verbose > 0 or report == "1":
