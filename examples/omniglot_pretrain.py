@@ -70,6 +70,7 @@ flags.DEFINE_integer("threads", None, "CPU threads of the backend (intra-op); de
 flags.DEFINE_string("device", "cpu", "torch device: cpu, cuda, cuda:N or mps (torch only).")
 
 TEST_SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))
+flags.DEFINE_list("settings", ["5w1s", "5w5s", "20w1s", "20w5s"], "Test settings (<ways>w<shots>s) to score.")
 CLASSES = {"baseline": ("baseline", "Baseline"), "baseline_pp": ("baseline_pp", "BaselinePP"),
            "simclr": ("simclr", "SimCLR"), "mae": ("mae", "MAE")}
 
@@ -101,6 +102,15 @@ def training_batches(learner: str, dataset):
     return pretrain.ClassBatches(dataset, seed=FLAGS.seed)
 
 
+def parse_settings(names: list[str]) -> tuple[tuple[int, int], ...]:
+    """``["5w1s", "20w5s"]`` -> ``((5, 1), (20, 5))``, refusing names outside TEST_SETTINGS."""
+    known = {f"{w}w{s}s": (w, s) for w, s in TEST_SETTINGS}
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise app.UsageError(f"Expected --settings among {list(known)}; received {unknown or names!r}")
+    return tuple(known[n] for n in names)
+
+
 def main(argv):
     check_run_flags(argv)
     from dualmeta import backend, budget, data, pretrain, protocol
@@ -118,6 +128,7 @@ def main(argv):
         raise app.UsageError(str(error)) from None
     if FLAGS.threads is not None and FLAGS.threads <= 0:
         raise app.UsageError(f"Expected a positive --threads; received --threads={FLAGS.threads}")
+    settings = parse_settings(FLAGS.settings)
     images = data.load_omniglot_images(FLAGS.data_dir, image_size=28)
     chosen, final, final_role = run_protocol(images)
     backend.set_threads(FLAGS.backend, FLAGS.threads or 0)
@@ -125,7 +136,7 @@ def main(argv):
     initial = load_init_weights(learner)
     trained_characters(chosen, initial, images)  # refuses --init_weights trained on the test classes
     config = {name: FLAGS[name].value for name in (
-        "backend", "learner", "minutes", "max_steps", "batch_size", "head", "head_lr", "head_steps", "other_heads", "test_queries", "episodes",
+        "backend", "learner", "minutes", "max_steps", "settings", "batch_size", "head", "head_lr", "head_steps", "other_heads", "test_queries", "episodes",
         "hidden", "meta_lr", "dtype", "seed", "eval_seed", "threads", "device", "init_weights")}
     config.update({"baseline_pp": {"scale": FLAGS.scale}, "simclr": {"temperature": FLAGS.temperature},
                    "mae": {"mask_ratio": FLAGS.mask_ratio}}.get(FLAGS.learner, {}))
@@ -147,21 +158,21 @@ def main(argv):
         sys.exit(f"error: {error}")
     print(f"trained {report['train']['steps']} steps in {report['train']['seconds']} s "
           f"({report['train']['seconds_per_step']} s/step)", flush=True)
-    report[final_role] = budget.evaluate_settings(learner, final, TEST_SETTINGS, FLAGS.test_queries,
+    if FLAGS.checkpoint:  # before the (long) scoring, so that a failure there keeps the training
+        save_weights(FLAGS.checkpoint, learner.get_weights(),
+                     metadata={"config": config, "steps": report["train"]["steps"]})
+        report["checkpoint"] = FLAGS.checkpoint  # as given: no machine path in results
+    report[final_role] = budget.evaluate_settings(learner, final, settings, FLAGS.test_queries,
                                                   FLAGS.episodes, FLAGS.eval_seed)
     others = {}
     for head in FLAGS.other_heads:
         learner.head = head
         print(f"head {head}:", flush=True)
-        others[head] = budget.evaluate_settings(learner, final, TEST_SETTINGS, FLAGS.test_queries, FLAGS.episodes,
+        others[head] = budget.evaluate_settings(learner, final, settings, FLAGS.test_queries, FLAGS.episodes,
                                                 FLAGS.eval_seed)
     learner.head = FLAGS.head
     if others:
         report[f"{final_role}_other_heads"] = others
-    if FLAGS.checkpoint:
-        save_weights(FLAGS.checkpoint, learner.get_weights(),
-                     metadata={"config": config, "steps": report["train"]["steps"]})
-        report["checkpoint"] = FLAGS.checkpoint  # as given: no machine path in results
     out = FLAGS.out or f"omniglot_{FLAGS.learner}_{FLAGS.backend}.json"
     atomic_write(out, json.dumps(report, indent=2))
     print(f"metrics written to {out}")
