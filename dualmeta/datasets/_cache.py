@@ -60,12 +60,12 @@ def load_pickle(path: Path, label: str):
 def to_uint8(image, image_size: int, channels: int) -> np.ndarray:
     """A PIL image or an ``(H, W, 3)`` uint8 array as ``(image_size, image_size, channels)`` uint8, resized
     with Pillow's BILINEAR filter and converted to grey (``channels=1``, Pillow's ``"L"``) or RGB."""
+    from PIL import Image  # local: keeps `import dualmeta` light
+
     if isinstance(image, np.ndarray):
         if image.shape == (image_size, image_size, 3) and channels == 3 and image.dtype == np.uint8:
             return image
-        from PIL import Image
         image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
-    from PIL import Image  # local: keeps `import dualmeta` light
     image = image.convert("L" if channels == 1 else "RGB")
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)

@@ -82,6 +82,8 @@ def _decode(pngs: Path, labels_path: Path, image_size: int, channels: int, check
         raise ValueError(f"{_LABEL}: {labels_path} holds no labels; download it again")
     check(names, counts)
     encoded = load_pickle(pngs, _LABEL)
+    if not hasattr(encoded, "__len__") or isinstance(encoded, (bytes, dict)):
+        raise ValueError(f"{_LABEL}: {pngs} is not a sequence of PNG-encoded images; use the release's pickle")
     if len(encoded) != len(labels):
         raise ValueError(f"{_LABEL}: {pngs} holds {len(encoded)} images but {labels_path} {len(labels)} labels; "
                          "use the two files of one split")
