@@ -155,6 +155,13 @@ def test_miniimagenet_missing_files_and_empty_class(tmp_path):
         load_miniimagenet(root, "test", cache_dir=tmp_path / "cache")
 
 
+def test_miniimagenet_bad_csv_header(tmp_path):
+    root = make_mini_csv(tmp_path / "mini", per_class=1)
+    (root / "train.csv").write_text("file,wnid\nx.png,n01532829\n")
+    with pytest.raises(ValueError, match=r"train\.csv does not start with the header 'filename,label'"):
+        load_miniimagenet(root, "train", cache_dir=tmp_path / "cache")
+
+
 def test_miniimagenet_bad_pickle(tmp_path):
     (tmp_path / "mini-imagenet-cache-train.pkl").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"cannot read the pickle .*mini-imagenet-cache-train\.pkl"):
@@ -221,6 +228,9 @@ def test_tieredimagenet_errors(tmp_path):
     images[row] = np.frombuffer(b"broken png", dtype=np.uint8)
     dump(root / "train_images_png.pkl", images)
     with pytest.raises(ValueError, match=rf"^tiered-ImageNet class 'n00000002': cannot read image {row} of "):
+        load_tieredimagenet(root, "train", cache_dir=tmp_path / "cache")
+    dump(root / "train_images_png.pkl", {"not": "a list"})
+    with pytest.raises(ValueError, match=r"is not a sequence of PNG-encoded images"):
         load_tieredimagenet(root, "train", cache_dir=tmp_path / "cache")
 
 

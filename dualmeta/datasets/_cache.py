@@ -110,14 +110,14 @@ def load_cached(dataset: str, label: str, split: str, image_size: int, channels:
             raise ValueError("inconsistent arrays")
         return images, names, [int(c) for c in counts]
 
-    record = _read_npz(path, key, parse, what=label, source="the source files") if cache else None
+    record = _read_npz(path, key, parse, what=label, source="the source files", stacklevel=4) if cache else None
     if record is None:
         images, names, counts = decode(check)
         record = np.asarray(images, dtype=np.uint8), tuple(names), [int(c) for c in counts]
         if cache:
             _write_npz(path, key, dict(images=record[0], names=np.array(record[1]),
                                        counts=np.array(record[2], dtype=np.int64)),
-                       what=label, source="source files")
+                       what=label, source="source files", stacklevel=4)
     images, names, counts = record
     check(names, counts)
     classes = len(names)
