@@ -332,3 +332,13 @@ def test_modules_are_listed():
 
     for name in ("folder", "miniimagenet", "tieredimagenet", "cifar100"):
         assert name in datasets.__doc__
+
+
+def test_a_split_larger_than_free_memory_is_refused_before_allocation(tmp_path, monkeypatch):
+    import dualmeta.guard
+
+    root = make_mini_pickle(tmp_path / "mini")
+    monkeypatch.setattr(dualmeta.guard, "available_bytes", lambda: 1000)
+    with pytest.raises(MemoryError, match=r"mini-ImageNet split 'train' needs .* GiB as float32, more than the .* "
+                                          r"free; load it with a smaller image_size="):
+        load_miniimagenet(root, "train", cache_dir=tmp_path / "cache")

@@ -22,7 +22,7 @@ import numpy as np
 
 from dualmeta.episodes import ClassDataset
 
-__all__ = ["CACHE_FORMAT", "Decoded", "load_cached", "check_counts", "load_pickle", "to_uint8"]
+__all__ = ["CACHE_FORMAT", "Decoded", "load_cached", "check_counts", "check_memory", "load_pickle", "to_uint8"]
 
 CACHE_FORMAT = 1
 
@@ -41,6 +41,18 @@ def check_counts(label: str, names: Sequence[str], counts: Sequence[int], needed
             if count < needed:
                 raise ValueError(f"{label} class {name!r} has {count} images, fewer than the {needed} an episode "
                                  "needs (shots + queries); add images or lower --shots/--queries")
+
+
+def check_memory(label: str, split: str, needed_bytes: int) -> None:
+    """One-line ``MemoryError`` when the float32 split would not fit in the memory the machine has free
+    (``MemAvailable``), before it is allocated: a whole split is held as float32 for the episodes."""
+    from dualmeta.guard import available_bytes
+
+    free = available_bytes()
+    if free is not None and needed_bytes > free:
+        raise MemoryError(f"{label} split {split!r} needs {needed_bytes / 2**30:.1f} GiB as float32, more than the "
+                          f"{free / 2**30:.1f} GiB free; load it with a smaller image_size= or on a machine "
+                          "with more memory")
 
 
 def load_pickle(path: Path, label: str):
@@ -120,6 +132,7 @@ def load_cached(dataset: str, label: str, split: str, image_size: int, channels:
                        what=label, source="source files", stacklevel=4)
     images, names, counts = record
     check(names, counts)
+    check_memory(label, split, images.size * 4)
     classes = len(names)
     return ClassDataset(images=images.astype(np.float32) / np.float32(255.0), sources=np.arange(classes),
                         rotations=np.zeros(classes, dtype=np.int64), names=names)
