@@ -379,26 +379,20 @@ def _decode_all(paths: Sequence[Path], image_size: int) -> OmniglotImages:
 
 def _read_cache(path: Path, key: str) -> OmniglotImages | None:
     """The cached record, or None when absent, stale or unreadable (then it is rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            if str(stored["key"]) != key:
-                return None
-            shape = tuple(int(n) for n in stored["shape"])
-            if bool(stored["binary"]):  # 0/1 images are stored as bits
-                images = np.unpackbits(stored["images"], count=int(np.prod(shape)))
-                images = images.reshape(shape).astype(np.float32)
-            else:
-                images = stored["images"].reshape(shape)
-            names = tuple(str(name) for name in stored["names"])
-            ids, background = stored["ids"].astype(np.int64), stored["background"].astype(bool)
-        if not (len(names) == len(ids) == len(background) == shape[0]):
-            raise ValueError("inconsistent lengths")
-    except Exception as err:  # noqa: BLE001 - any unreadable cache is simply rebuilt
-        warnings.warn(f"Ignoring the unreadable Omniglot cache {path} ({type(err).__name__}: {err}); "
-                      "decoding the zips again", RuntimeWarning, stacklevel=3)
-        return None
+    return _read_npz(path, key, _parse_omniglot_cache, what="Omniglot", source="the zips", stacklevel=4)
+
+
+def _parse_omniglot_cache(stored) -> OmniglotImages:
+    shape = tuple(int(n) for n in stored["shape"])
+    if bool(stored["binary"]):  # 0/1 images are stored as bits
+        images = np.unpackbits(stored["images"], count=int(np.prod(shape)))
+        images = images.reshape(shape).astype(np.float32)
+    else:
+        images = stored["images"].reshape(shape)
+    names = tuple(str(name) for name in stored["names"])
+    ids, background = stored["ids"].astype(np.int64), stored["background"].astype(bool)
+    if not (len(names) == len(ids) == len(background) == shape[0]):
+        raise ValueError("inconsistent lengths")
     images.setflags(write=False)
     return OmniglotImages(images, names, ids, background)
 
@@ -408,20 +402,46 @@ def _write_cache(path: Path, key: str, record: OmniglotImages) -> None:
     images = record.images
     binary = bool(np.all((images == 0.0) | (images == 1.0)))
     stored = np.packbits(images.astype(bool), axis=None) if binary else images
+    _write_npz(path, key, dict(shape=np.array(images.shape, dtype=np.int64), binary=np.array(binary),
+                               images=stored, names=np.array(record.names), ids=record.ids,
+                               background=record.background),
+               what="Omniglot", source="zips", stacklevel=4)
+
+
+def _read_npz(path: Path, key: str, parse, what: str, source: str, stacklevel: int = 3):
+    """``parse(stored)`` of the ``.npz`` cache at ``path`` whose ``key`` entry is ``key``; None when the
+    file is absent or stale, and also (with a warning) when it is unreadable or ``parse`` raises, so that
+    the caller decodes ``source`` again. Shared by Omniglot and ``dualmeta.datasets``."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if str(stored["key"]) != key:
+                return None
+            return parse(stored)
+    except Exception as err:  # noqa: BLE001 - any unreadable cache is simply rebuilt
+        warnings.warn(f"Ignoring the unreadable {what} cache {path} ({type(err).__name__}: {err}); "
+                      f"decoding {source} again", RuntimeWarning, stacklevel=stacklevel)
+        return None
+
+
+def _write_npz(path: Path, key: str, arrays: Mapping[str, np.ndarray], what: str, source: str,
+               stacklevel: int = 3) -> None:
+    """Writes ``arrays`` and ``key`` to the ``.npz`` file ``path`` atomically (a temporary file in the same
+    folder, then ``os.replace``); a failure (read-only folder, full disk) only warns and leaves no file."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, key=np.array(key), shape=np.array(images.shape, dtype=np.int64),
-                     binary=np.array(binary), images=stored, names=np.array(record.names),
-                     ids=record.ids, background=record.background)
+            np.savez(f, key=np.array(key), **arrays)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
         tmp = None
     except OSError as err:
-        warnings.warn(f"Could not write the Omniglot cache {path} ({err}); the next load decodes the "
-                      f"zips again (set {ENV_CACHE_DIR} to a writable folder)", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"Could not write the {what} cache {path} ({err}); the next load decodes the "
+                      f"{source} again (set {ENV_CACHE_DIR} to a writable folder)", RuntimeWarning,
+                      stacklevel=stacklevel)
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
