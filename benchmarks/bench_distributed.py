@@ -1,9 +1,12 @@
 """Benchmark: one process against ``--workers=N`` (docs/distributed.md, "Speed").
 
-Runs ``python -m dualmeta bench`` (synthetic Omniglot-shaped batches) for each (learner, backend), once in
-one process with the framework's default threads and once with ``--workers`` single-threaded workers, one
-after the other, and prints a markdown table of the median seconds per step and the ratio, with the load
-average before and after (timings taken under load are not comparable with those of an idle machine).
+Runs ``python -m dualmeta bench`` (synthetic Omniglot-shaped batches) for each (learner, backend), in one
+process with the framework's default threads, in one process with one thread, and with ``--workers``
+single-threaded workers, one after the other, and prints a markdown table of the median seconds per step,
+the ratio workers / one process, the best ratio the machine allows (the one-thread time split perfectly over
+the workers, over the one-process time: it is bounded by how well the framework's own threads scale) and the
+workers' efficiency (that perfect split over the measured time), with the load average before and after
+(timings taken under load are not comparable with those of an idle machine).
 
     python benchmarks/bench_distributed.py                       # MAML 5w1s 15q B=32 2nd order; ProtoNet
     python benchmarks/bench_distributed.py --steps=20 --out=results/bench/distributed.json
@@ -57,15 +60,20 @@ def main() -> None:
             common = [f"--backend={backend}", *CASES[learner], f"--steps={options.steps}",
                       f"--warmup={options.warmup}"]
             one = _bench(common, options.timeout)
+            serial = _bench(common + ["--threads=1"], options.timeout)
             many = _bench(common + [f"--workers={options.workers}"], options.timeout)
-            records["runs"] += [one, many]
-            ratio = many["median_s_per_step"] / one["median_s_per_step"]
-            rows.append(f"| {learner} | {backend} | {one['median_s_per_step']:.3f} | {many['median_s_per_step']:.3f} "
-                        f"| {ratio:.2f}x |")
+            records["runs"] += [one, serial, many]
+            t1, ts, tw = (r["median_s_per_step"] for r in (one, serial, many))
+            # A perfect split of the serial work over the workers takes ts / workers: that over t1 is the best
+            # ratio the machine allows; ideal / measured is the workers' efficiency.
+            ideal = ts / options.workers
+            rows.append(f"| {learner} | {backend} | {t1:.3f} | {ts:.3f} | {tw:.3f} | {tw / t1:.2f}x "
+                        f"| {ideal / t1:.2f}x | {ideal / tw:.0%} |")
             print(rows[-1], flush=True)
     records["load_after"] = _load()
-    print(f"\n| learner | backend | 1 process (default threads) s/step | --workers={options.workers} "
-          f"(1 thread each) s/step | ratio |\n|---|---|---|---|---|")
+    print(f"\n| learner | backend | 1 process (default threads) s/step | 1 process, 1 thread s/step "
+          f"| --workers={options.workers} (1 thread each) s/step | ratio | best ratio (1 thread / {options.workers}) "
+          f"| workers' efficiency |\n|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print(f"\nload average (1, 5, 15 min) before: {records['load_before']}; after: {records['load_after']}; "
           f"{os.cpu_count()} CPUs; {options.steps} timed steps after {options.warmup} warm-up steps")

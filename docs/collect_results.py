@@ -803,7 +803,41 @@ def speed_page(results_dir: str) -> str:
             lines += ["Machine: " + "; ".join(f"{k} {_machine_value(v)}" for k, v in machine.items()) + ".", ""]
         lines += table(["Learner", "Setting", "Reference s/step", "PyTorch s/step", "PyTorch ÷ reference",
                         "TensorFlow s/step", "TensorFlow ÷ reference", "Measured", "Command"], rows) + [""]
-    return "\n".join(lines)
+    return "\n".join(lines + workers_section(results_dir))
+
+
+def workers_section(results_dir: str) -> list[str]:
+    """The table of ``benchmarks/bench_distributed.py --out=results/distributed/bench.json``, if measured."""
+    path = os.path.join(results_dir, "distributed", "bench.json")
+    if not os.path.exists(path):
+        return []
+    data = load_json(path)
+    found: dict = {}
+    for i, run in enumerate(field(data, path, "runs", list)):
+        if not isinstance(run, dict) or not _is_number(run.get("median_s_per_step")):
+            raise ResultsError(f"{path}: expected runs[{i}] to be an object with a number 'median_s_per_step'")
+        kind = ("workers" if run.get("workers", 1) > 1 else "serial" if run.get("threads") == 1 else "one")
+        found.setdefault((run.get("learner"), run.get("backend")), {})[kind] = run
+    rows = []
+    for (learner, backend), runs in found.items():
+        one, serial, many = (runs.get(k, {}).get("median_s_per_step") for k in ("one", "serial", "workers"))
+        workers = runs.get("workers", {}).get("workers", 2)
+        ideal = None if serial is None else serial / workers
+        rows.append([learner_name(learner), BACKENDS.get(backend, backend), seconds_text(one), seconds_text(serial),
+                     seconds_text(many), "—" if None in (one, many) else f"{many / one:.2f}",
+                     "—" if None in (one, ideal) else f"{ideal / one:.2f}",
+                     "—" if None in (ideal, many) else f"{ideal / many:.0%}"])
+    command = f"python {field(data, path, 'command', str)}"
+    return ["## Worker processes (`--workers=2`)", "",
+            "Seconds per step of one process with the framework's own threads, of one process with one thread, "
+            "and of two single-threaded worker processes (`--workers=2`), run one after the other "
+            "([Distributed](../distributed.md)). The best ratio is the one-thread time split perfectly over the "
+            "workers, divided by the one-process time: on two cores it is bounded by how well the framework's "
+            "own two threads already scale. Efficiency: that perfect split divided by the measured time.", "",
+            f"Measured {data.get('date', '(date not recorded)')} with `{command}`; load average (1, 5, 15 min) "
+            f"before {data.get('load_before', '?')}, after {data.get('load_after', '?')}.", ""] + table(
+        ["Learner", "Backend", "1 process s/step", "1 process, 1 thread s/step", "--workers=2 s/step",
+         "workers ÷ 1 process", "best ratio", "efficiency"], rows) + [""]
 
 
 def _machine_value(value) -> str:

@@ -186,6 +186,20 @@ def test_sinusoid_speed_and_missing_parity_pages(results, tmp_path):
     assert "Not measured yet" in parity and collect.PARITY_COMMAND in parity
 
 
+def test_speed_page_shows_the_workers_benchmark_with_its_best_ratio_and_efficiency(results, tmp_path):
+    run = {"learner": "maml", "backend": "torch", "tasks": "omniglot"}
+    write(results / "distributed" / "bench.json", {
+        "date": "2026-12-02 16:00 UTC", "command": "benchmarks/bench_distributed.py --steps=20",
+        "load_before": "0.10 0.20 0.30", "load_after": "1.90 1.00 0.50",
+        "runs": [dict(run, workers=1, threads="default", median_s_per_step=2.0),
+                 dict(run, workers=1, threads=1, median_s_per_step=3.2),
+                 dict(run, workers=2, threads=1, median_s_per_step=1.8)]})
+    speed = (build(results, tmp_path) / "speed.md").read_text()
+    # best ratio: 3.2 / 2 workers / 2.0 = 0.80; efficiency: 1.6 / 1.8 = 89%
+    assert "| MAML | PyTorch | 2 | 3.2 | 1.8 | 0.90 | 0.80 | 89% |" in speed
+    assert "`python benchmarks/bench_distributed.py --steps=20`" in speed and "before 0.10 0.20 0.30" in speed
+
+
 def test_parity_page_from_a_report(results, tmp_path):
     write(results / "parity.json", {
         "measured": {"date": "2026-11-23T00:00:00+00:00", "command": collect.PARITY_COMMAND},
