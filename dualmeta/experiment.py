@@ -78,7 +78,7 @@ _LEARNER_DEFAULTS = {"reptile": dict(inner_steps=5, meta_lr=1.0),
 # Settings that change what is trained: --resume refuses a run whose values differ from the checkpoint's.
 DEFINING = ("backend", "learner", "tasks", "split", "ways", "shots", "queries", "train_ways", "train_shots",
             "train_queries", "meta_batch_size", "inner_steps", "inner_lr", "meta_lr", "inner_reduction",
-            "seed", "dtype", "hidden", "activation", "lr_decay_every", "inner_batch_size", "mask_ratio")
+            "seed", "dtype", "hidden", "activation", "lr_decay_every", "inner_batch_size", "mask_ratio", "backbone")
 
 
 @dataclasses.dataclass(frozen=True)

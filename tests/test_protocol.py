@@ -109,3 +109,12 @@ def test_the_command_line_validates_on_held_out_characters(images, split):
             for role in ("train", "val", "eval")}
     assert all(sets.values())
     assert not sets["train"] & sets["val"] and not sets["train"] & sets["eval"] and not sets["val"] & sets["eval"]
+
+
+def test_the_backbone_defines_the_experiment_so_resume_compares_it():
+    from dualmeta.experiment import resolve
+
+    conv4 = resolve("torch", "protonet", "folder", data_dir="x").defining()
+    resnet = resolve("torch", "protonet", "folder", data_dir="x", backbone="resnet12").defining()
+    assert (conv4["backbone"], resnet["backbone"]) == ("conv4", "resnet12")
+    assert [k for k in conv4 if conv4[k] != resnet[k]] == ["backbone"]
