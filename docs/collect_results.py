@@ -81,9 +81,9 @@ PAPERS = {
              "MANN, a memory-augmented LSTM, as quoted by Mishra et al. 2018"),
     "snail": ("SNAIL", "Mishra et al. 2018",
               {"5w1s": "99.07", "5w5s": "99.78", "20w1s": "97.64", "20w5s": "99.36"}, ""),
-    # Pretraining (issue 13); the papers' Omniglot figures are not quoted here yet.
-    "baseline": ("Baseline (transfer)", "Chen et al. 2019", {}, "Omniglot figures not quoted here yet"),
-    "baseline_pp": ("Baseline++ (transfer)", "Chen et al. 2019", {}, "Omniglot figures not quoted here yet"),
+    # Pretraining (issue 13): the Conv-4 figures of Chen et al. as issue 13 quotes them.
+    "baseline": ("Baseline (transfer)", "Chen et al. 2019", {"5w1s": "94.9"}, "Conv-4, approximate"),
+    "baseline_pp": ("Baseline++ (transfer)", "Chen et al. 2019", {"5w1s": "95.4"}, "Conv-4, approximate"),
     "simclr": ("SimCLR (no labels)", "Chen et al. 2020", {}, "no Omniglot result in the paper"),
     "mae": ("Masked autoencoder (no labels)", "He et al. 2022", {}, "no Omniglot result in the paper"),
 }
@@ -405,6 +405,16 @@ def read_runs(path: str, results_dir: str, role: str = "test") -> list[Run]:
                 field(data, path, f"{role}_other_norms.{norm}.{key}.accuracy.{name}", NUMBER)
         runs.append(run._replace(test=others[norm], batch_norm=BATCH_NORM_AT_TEST.get(norm, norm), variant=norm,
                                  lake=None))
+    heads = data.get(f"{role}_other_heads") or {}  # omniglot_pretrain.py --other_heads: the same weights
+    if not isinstance(heads, dict):
+        raise ResultsError(f"{path}: expected '{role}_other_heads' to be an object")
+    for head in heads:
+        for key in field(data, path, f"{role}_other_heads.{head}", dict):
+            for name in ("mean", "ci95", "n"):
+                field(data, path, f"{role}_other_heads.{head}.{key}.accuracy.{name}", NUMBER)
+        own_head = config.get("head", "linear")
+        runs.append(run._replace(test=heads[head], variant=f"{head} head", lake=None,
+                                 trained_on=trained_on.replace(f"{own_head} head at test", f"{head} head at test")))
     return runs
 
 

@@ -200,6 +200,19 @@ def test_speed_page_shows_the_workers_benchmark_with_its_best_ratio_and_efficien
     assert "`python benchmarks/bench_distributed.py --steps=20`" in speed and "before 0.10 0.20 0.30" in speed
 
 
+def test_a_pretraining_run_shows_a_row_per_head(results, tmp_path):
+    data = maml_file("torch", 0.9044)
+    data["config"] = {"backend": "torch", "learner": "baseline", "batch_size": 64, "head": "linear",
+                      "minutes": 30.0, "episodes": 600, "threads": 1}
+    data["test_other_heads"] = {"prototype": {"5w1s": {"accuracy": stat(0.9753, 0.003, 600)}}}
+    write(results / "omniglot" / "baseline_torch.json", data)
+    page = (build(results, tmp_path) / "omniglot.md").read_text()
+    assert re.search(r"\| Baseline \(transfer\) \| PyTorch \| 90\.44 ± 0\.40 \| 600 \| .* \| batches of 64 images, "
+                     r"linear head at test \|", page)
+    assert re.search(r"\| Baseline \(transfer\) \| PyTorch \| 97\.53 ± 0\.30 \| 600 \| .* \| batches of 64 images, "
+                     r"prototype head at test \|", page)
+
+
 def test_parity_page_from_a_report(results, tmp_path):
     write(results / "parity.json", {
         "measured": {"date": "2026-11-23T00:00:00+00:00", "command": collect.PARITY_COMMAND},
