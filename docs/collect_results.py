@@ -793,6 +793,9 @@ def speed_page(results_dir: str) -> str:
         data = load_json(path)
         shown = shown_path(path, results_dir)
         prov = provenance(data, path, lambda: ("(not recorded)", False))
+        if any(isinstance(r, dict) and "step_peak_mb" in r for r in field(data, path, "rows", list)):
+            lines += memory_table(data, path, shown, prov)
+            continue
         rows = []
         for i, row in enumerate(field(data, path, "rows", list)):
             if not isinstance(row, dict) or "learner" not in row:
@@ -814,6 +817,39 @@ def speed_page(results_dir: str) -> str:
         lines += table(["Learner", "Setting", "Reference s/step", "PyTorch s/step", "PyTorch ÷ reference",
                         "TensorFlow s/step", "TensorFlow ÷ reference", "Measured", "Command"], rows) + [""]
     return "\n".join(lines + workers_section(results_dir))
+
+
+def memory_table(data: dict, path: str, shown: str, prov: Provenance) -> list[str]:
+    """A ``benchmarks/bench_memory.py`` file: peak resident memory of one meta-step per runner and learner."""
+    found: dict = {}
+    for i, row in enumerate(field(data, path, "rows", list)):
+        if not isinstance(row, dict) or not isinstance(row.get("learner"), str) or row.get("runner") not in (
+                "reference", "torch", "tf") or not _is_number(row.get("step_peak_mb")):
+            raise ResultsError(f"{path}: expected rows[{i}] to be an object with a 'learner', a 'runner' "
+                               "(reference, torch or tf) and a number 'step_peak_mb'")
+        found.setdefault(row["learner"], {})[row["runner"]] = row
+    setting = (data.get("config") or {}).get("setting", "—")
+
+    def mb(row, key):
+        return "—" if row is None or not _is_number(row.get(key)) else f"{row[key]:.0f}"
+
+    rows = []
+    for learner, runners in found.items():
+        ref = runners.get("reference")
+        name = (f"{learner_name(learner[:-len('_recompute')])}, inner steps recomputed (--recompute_inner_steps)"
+                if learner.endswith("_recompute") else learner_name(learner))
+        cells = [name, setting, mb(ref, "step_peak_mb")]
+        for b in ("torch", "tf"):
+            run = runners.get(b)
+            ratio = ("—" if run is None or ref is None or not ref["step_peak_mb"]
+                     else f"{run['step_peak_mb'] / ref['step_peak_mb']:.2f}")
+            cells += [mb(run, "step_peak_mb"), mb(run, "step_growth_mb"), ratio]
+        rows.append(cells + [prov.date, command_cell(prov)])
+    return [f"## `{shown}` (memory)", "",
+            "Peak resident memory (MB) of a fresh process during one meta-step, and how much the step added to "
+            "what the process held before it (growth).", ""] + table(
+        ["Learner", "Setting", "Reference peak MB", "PyTorch peak MB", "PyTorch growth MB", "PyTorch ÷ reference",
+         "TensorFlow peak MB", "TensorFlow growth MB", "TensorFlow ÷ reference", "Measured", "Command"], rows) + [""]
 
 
 def workers_section(results_dir: str) -> list[str]:

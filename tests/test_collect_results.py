@@ -200,6 +200,23 @@ def test_speed_page_shows_the_workers_benchmark_with_its_best_ratio_and_efficien
     assert "`python benchmarks/bench_distributed.py --steps=20`" in speed and "before 0.10 0.20 0.30" in speed
 
 
+def test_a_memory_benchmark_gets_a_memory_table(results, tmp_path):
+    write(results / "bench" / "memory.json", {
+        "measured": {"date": "2026-12-02T14:08:47+00:00", "command": "python benchmarks/bench_memory.py"},
+        "config": {"setting": "5-way 1-shot 15-query, 32 tasks, 10 inner steps"},
+        "rows": [{"learner": "maml", "runner": "reference", "step_peak_mb": 400.0, "step_growth_mb": 80.0},
+                 {"learner": "maml", "runner": "torch", "step_peak_mb": 440.0, "step_growth_mb": 190.0},
+                 {"learner": "maml_recompute", "runner": "tf", "step_peak_mb": 1200.0, "step_growth_mb": 400.0}]})
+    speed = (build(results, tmp_path) / "speed.md").read_text()
+    assert "## `results/bench/memory.json` (memory)" in speed
+    assert "| MAML | 5-way 1-shot 15-query, 32 tasks, 10 inner steps | 400 | 440 | 190 | 1.10 | — | — | — |" in speed
+    assert "| MAML, inner steps recomputed (--recompute_inner_steps) | 5-way 1-shot 15-query, 32 tasks, 10 inner " \
+           "steps | — | — | — | — | 1200 | 400 | — |" in speed
+    write(results / "bench" / "memory.json", {"rows": [{"learner": "maml", "runner": "jax", "step_peak_mb": 1.0}]})
+    with pytest.raises(collect.ResultsError, match=r"memory\.json: expected rows\[0\] .* 'runner'"):
+        collect.build(str(results), str(tmp_path / "other"))
+
+
 def test_a_pretraining_run_shows_a_row_per_head(results, tmp_path):
     data = maml_file("torch", 0.9044)
     data["config"] = {"backend": "torch", "learner": "baseline", "batch_size": 64, "head": "linear",
