@@ -35,7 +35,10 @@ _ABSL_FLAGS = set(FLAGS)
 flags.DEFINE_enum("backend", None, ["tf", "torch"], "Backend (default: torch if installed, else tf).")
 flags.DEFINE_enum("learner", "maml", LEARNER_NAMES, "Meta-learning algorithm (finetune: the pretrain-then-"
                   "fine-tune baseline; lstm, snail: model-based, the episode read as a sequence).")
-flags.DEFINE_enum("tasks", "sinusoid", ["sinusoid", "omniglot", "folder"], "Task family (folder: your own images, --data_dir=<root with train/val/test class folders>).")
+flags.DEFINE_enum("tasks", "sinusoid", ["sinusoid", "omniglot", "folder", "miniimagenet", "tieredimagenet", "cifar_fs",
+                                        "fc100"], "Task family (folder: your own images, --data_dir=<root with "
+                  "train/val/test class folders>; miniimagenet, tieredimagenet, cifar_fs, fc100: the standard "
+                  "sets, --data_dir=<their files>, docs/own-data.md).")
 flags.DEFINE_enum("split", None, ["vinyals", "lake"], "Omniglot split (default vinyals).")
 flags.DEFINE_integer("ways", None, "Classes per episode at validation/test (omniglot default 5).")
 flags.DEFINE_integer("shots", None, "Support examples per class (sinusoid: points) (default 10 / 1).")
@@ -666,9 +669,9 @@ def _synthetic_batch(experiment, seed: int):
         x = rng.uniform(-5, 5, size=(b, shots + queries, 1)).astype(np.float32)
         y = (rng.uniform(0.1, 5, size=(b, 1, 1)) * np.sin(x)).astype(np.float32)
         return Episode(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
-    ways, size = experiment.train_ways, 28
+    ways, size, channels = experiment.train_ways, experiment.image["image_size"], experiment.image["in_channels"]
     def images(n):
-        return rng.random((b, ways * n, size, size, 1), dtype=np.float32)
+        return rng.random((b, ways * n, size, size, channels), dtype=np.float32)
     def labels(n):
         return np.tile(np.repeat(np.arange(ways, dtype=np.int64), n), (b, 1))
     return Episode(images(shots), labels(shots), images(queries), labels(queries))

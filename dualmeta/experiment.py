@@ -46,7 +46,8 @@ __all__ = ["Experiment", "resolve", "TASKS", "SPLITS", "MAML_FAMILY", "METRIC_LE
            "EVAL_SEED",
            "VAL_SEED_OFFSET", "DEFINING", "OMNIGLOT_DRAWINGS"]
 
-TASKS = ("sinusoid", "omniglot", "folder")  # folder: your own images under --data_dir (issue 17)
+# folder: your own images under --data_dir; the standard few-shot sets (dualmeta.datasets) read from --data_dir.
+TASKS = ("sinusoid", "omniglot", "folder", "miniimagenet", "tieredimagenet", "cifar_fs", "fc100")
 SPLITS = ("vinyals", "lake")
 MAML_FAMILY = ("maml", "fomaml", "reptile", "metasgd", "anil", "finetune")  # finetune: no training inner loop
 METRIC_LEARNERS = ("protonet", "matchingnet")
@@ -57,6 +58,12 @@ EVAL_SEED = 2_000_000_011
 VAL_SEED_OFFSET = 1_000_003
 OMNIGLOT_DRAWINGS = 20  # examples per Omniglot class
 IMAGE_SIZE = 28
+# (image size, channels) the episodes of each image task family are made of.
+IMAGES = {"omniglot": (IMAGE_SIZE, 1), "folder": (IMAGE_SIZE, 1), "miniimagenet": (84, 3),
+          "tieredimagenet": (84, 3), "cifar_fs": (32, 3), "fc100": (32, 3)}
+STANDARD_SETS = {"miniimagenet": ("miniimagenet", "load_miniimagenet"),
+                 "tieredimagenet": ("tieredimagenet", "load_tieredimagenet"),
+                 "cifar_fs": ("cifar100", "load_cifar_fs"), "fc100": ("cifar100", "load_fc100")}
 BACKBONES = ("conv4", "resnet12")  # --model for classification tasks
 
 _SINUSOID = dict(shots=10, queries=10, meta_batch_size=25, inner_lr=0.01, inner_steps=1, test_inner_steps=10,
@@ -129,6 +136,12 @@ class Experiment:
     def classification(self) -> bool:
         return self.tasks != "sinusoid"
 
+    @property
+    def image(self) -> dict:
+        """``in_channels`` and ``image_size`` of the image models for these tasks."""
+        size, channels = IMAGES.get(self.tasks, (IMAGE_SIZE, 1))
+        return dict(in_channels=channels, image_size=size)
+
     def model(self) -> tuple[str, dict]:
         """``(builder name, builder arguments)`` of the twin model."""
         if self.sequence:
@@ -140,18 +153,17 @@ class Experiment:
                                activation=self.activation)
         if self.metric or self.pretrain:  # ProtoNet / Matching Networks embedding: max-pooling blocks, flattened map; batch
             # norm keeps running statistics and evaluation uses them, as the papers' code does
-            return "conv4", dict(in_channels=1, hidden=self.hidden, num_classes=None, downsample="maxpool",
-                                 head="flatten", image_size=IMAGE_SIZE, activation=self.activation,
-                                 track_running_stats=True)
+            return "conv4", dict(**self.image, hidden=self.hidden, num_classes=None, downsample="maxpool",
+                                 head="flatten", activation=self.activation, track_running_stats=True)
         # The original MAML Omniglot network: stride-2 convolutions, features averaged over space.
-        return "conv4", dict(in_channels=1, hidden=self.hidden, num_classes=self.ways, downsample="stride",
-                             head="mean", image_size=IMAGE_SIZE, activation=self.activation)
+        return "conv4", dict(**self.image, hidden=self.hidden, num_classes=self.ways, downsample="stride",
+                             head="mean", activation=self.activation)
 
     def _resnet12(self) -> tuple[str, dict]:
         """ResNet-12 with widths (h, 2.5h, 5h, 10h) for ``hidden`` h (64: the paper's 64-160-320-640)."""
         h = self.hidden
-        return "resnet12", dict(in_channels=1, channels=[h, h * 5 // 2, h * 5, h * 10],
-                                num_classes=None if self.metric else self.ways, image_size=IMAGE_SIZE,
+        return "resnet12", dict(**self.image, channels=[h, h * 5 // 2, h * 5, h * 10],
+                                num_classes=None if self.metric else self.ways,
                                 track_running_stats=self.metric)
 
     def _sequence_model(self) -> tuple[str, dict]:
@@ -161,8 +173,8 @@ class Experiment:
             half = max(1, self.hidden // 2)
             return "snail", dict(ways=None, support_size=max(self.shots, self.train_shots), filters=self.hidden,
                                  keys=[half, self.hidden], values=[half, self.hidden], in_features=1, out_features=1)
-        encoder = dict(in_channels=1, hidden=self.hidden, downsample="maxpool", head="flatten",
-                       image_size=IMAGE_SIZE, activation=self.activation, track_running_stats=True)
+        encoder = dict(**self.image, hidden=self.hidden, downsample="maxpool", head="flatten",
+                       activation=self.activation, track_running_stats=True)
         ways = max(self.ways, self.train_ways)
         if self.learner == "lstm":
             return "lstm", dict(ways=ways, hidden=OMNIGLOT_LSTM_UNITS, encoder=encoder)
@@ -234,7 +246,7 @@ class Experiment:
         if self.tasks == "sinusoid":
             return RegressionTasks("sinusoid", shots=shots, queries=queries, seed=seed)
         from dualmeta.episodes import ClassificationTasks
-        if self.tasks == "folder":
+        if self.tasks != "omniglot":
             return ClassificationTasks(self._folder(role, shots + queries), ways=ways, shots=shots, queries=queries,
                                        seed=seed)
         from dualmeta import data  # local: Pillow and the zip readers only for Omniglot
@@ -248,13 +260,23 @@ class Experiment:
 
 
 def _folder_dataset(self, role: str, needed: int):
-    """--tasks=folder: the train/val/test classes under --data_dir, grey, resized to IMAGE_SIZE."""
+    """--tasks=folder: the train/val/test classes under --data_dir, grey, resized to IMAGE_SIZE; a standard set
+    (--tasks=miniimagenet, ...): its split under --data_dir, at its own size (IMAGES), RGB."""
+    import importlib
+
+    split = {"train": "train", "val": "val", "eval": "test"}[role]
+    if self.tasks in STANDARD_SETS:
+        if not self.data_dir:
+            raise ValueError(f"--tasks={self.tasks} needs --data_dir=<the folder of its files> (see docs/own-data.md)")
+        module, loader = STANDARD_SETS[self.tasks]
+        load = getattr(importlib.import_module(f"dualmeta.datasets.{module}"), loader)
+        size, channels = IMAGES[self.tasks]
+        return load(self.data_dir, split, image_size=size, channels=channels, needed=needed)
     from dualmeta.datasets.folder import load_folder
     if not self.data_dir:
         raise ValueError("--tasks=folder needs --data_dir=<folder with train/ val/ test/ class folders or "
                          "train.txt, val.txt, test.txt lists>")
-    return load_folder(self.data_dir, {"train": "train", "val": "val", "eval": "test"}[role],
-                       image_size=IMAGE_SIZE, channels=1, needed=needed)
+    return load_folder(self.data_dir, split, image_size=IMAGE_SIZE, channels=1, needed=needed)
 
 
 Experiment._folder = _folder_dataset
@@ -361,7 +383,7 @@ def _check(e: Experiment) -> None:
         if not e.metric and not e.sequence and not e.pretrain and e.train_ways != e.ways:
             raise ValueError(f"--learner={e.learner} has a classifier with --ways={e.ways} outputs, so it trains "
                              f"with the same number of ways; received --train_ways={e.train_ways}: drop --train_ways")
-        for prefix in ("", "train_"):
+        for prefix in ("", "train_") if e.tasks == "omniglot" else ():  # other sets: their loader checks
             shots, queries = getattr(e, prefix + "shots"), getattr(e, prefix + "queries")
             if shots + queries > OMNIGLOT_DRAWINGS:
                 raise ValueError(f"--{prefix}shots + --{prefix}queries = {shots} + {queries} exceeds the "

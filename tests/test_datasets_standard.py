@@ -342,3 +342,48 @@ def test_a_split_larger_than_free_memory_is_refused_before_allocation(tmp_path, 
     with pytest.raises(MemoryError, match=r"mini-ImageNet split 'train' needs .* GiB as float32, more than the .* "
                                           r"free; load it with a smaller image_size="):
         load_miniimagenet(root, "train", cache_dir=tmp_path / "cache")
+
+
+def test_the_experiment_reads_a_standard_set_at_its_own_size_and_colour(tmp_path, monkeypatch):
+    from dualmeta.experiment import resolve
+
+    root = tmp_path / "mini"
+    for split in ("train", "val", "test"):
+        make_mini_pickle(root, split)
+    monkeypatch.setenv("DUALMETA_CACHE_DIR", str(tmp_path / "cache"))
+    experiment = resolve("torch", "protonet", "miniimagenet", data_dir=str(root), ways=3, shots=1, queries=2,
+                         train_ways=3, train_shots=1, train_queries=2)
+    assert experiment.model()[1]["in_channels"] == 3 and experiment.model()[1]["image_size"] == 84
+    episode = experiment.eval_tasks().episode(0)
+    assert episode.support_x.shape == (3, 84, 84, 3) and episode.query_x.shape == (6, 84, 84, 3)
+    maml = resolve("torch", "maml", "cifar_fs", data_dir=str(root), shots=5, queries=15)  # no Omniglot 20 limit
+    assert maml.model()[1]["in_channels"] == 3 and maml.model()[1]["image_size"] == 32
+    with pytest.raises(ValueError, match=r"--tasks=fc100 needs --data_dir=<the folder of its files>"):
+        resolve("torch", "protonet", "fc100").eval_tasks()
+    with pytest.raises(ValueError, match=r"mini-ImageNet class .* has 8 images, fewer than the 21"):
+        resolve("torch", "maml", "miniimagenet", data_dir=str(root), shots=1, queries=20).train_tasks()
+
+
+@pytest.mark.slow  # three CLI runs (~40 s of CPU)
+def test_train_on_fabricated_miniimagenet_and_evaluate_in_the_other_backend(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "mini"
+    for split in ("train", "val", "test"):
+        make_mini_pickle(root, split)
+    env = dict(os.environ, DUALMETA_CACHE_DIR=str(tmp_path / "cache"))
+    args = ["--tasks=miniimagenet", f"--data_dir={root}", "--learner=protonet", "--hidden=4", "--ways=3",
+            "--train_ways=3", "--shots=1", "--queries=2", "--train_queries=2", "--steps=2", "--episodes=3"]
+
+    def cli(*extra):
+        result = subprocess.run([sys.executable, "-m", "dualmeta", *extra], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout.strip().splitlines()[-1]
+
+    cli("train", "--backend=torch", *args, f"--logdir={tmp_path / 'run'}")
+    lines = [cli("evaluate", f"--backend={b}", f"--checkpoint={tmp_path / 'run'}", "--episodes=3",
+                 f"--data_dir={root}") for b in ("torch", "tf")]
+    assert lines[0].split("accuracy")[1] == lines[1].split("accuracy")[1], lines
