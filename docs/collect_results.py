@@ -319,6 +319,18 @@ def batch_norm_at_test(config: dict, learner: str) -> str:
     return BATCH_NORM_AT_TEST.get(norm, norm)
 
 
+def _extra_evaluations(data: dict, path: str, key: str) -> dict:
+    """``data[key]``: more evaluations of the same weights, ``{variant: {setting: {"accuracy": ...}}}``, checked."""
+    extra = data.get(key) or {}
+    if not isinstance(extra, dict):
+        raise ResultsError(f"{path}: expected '{key}' to be an object")
+    for variant in extra:
+        for setting in field(data, path, f"{key}.{variant}", dict):
+            for name in ("mean", "ci95", "n"):
+                field(data, path, f"{key}.{variant}.{setting}.accuracy.{name}", NUMBER)
+    return extra
+
+
 def read_runs(path: str, results_dir: str, role: str = "test") -> list[Run]:
     """The run of a file and, after it, one entry per extra ``--test_norm`` evaluation of the same weights."""
     data = load_json(path)
@@ -396,22 +408,12 @@ def read_runs(path: str, results_dir: str, role: str = "test") -> list[Run]:
         split=protocol_label(data, path), batch_norm=batch_norm_at_test(config, learner), budget=budget,
         protocol=has_protocol, variant="")
     runs = [run]
-    others = data.get(f"{role}_other_norms") or {}
-    if not isinstance(others, dict):
-        raise ResultsError(f"{path}: expected '{role}_other_norms' to be an object")
+    others = _extra_evaluations(data, path, f"{role}_other_norms")
     for norm in others:
-        for key in field(data, path, f"{role}_other_norms.{norm}", dict):
-            for name in ("mean", "ci95", "n"):
-                field(data, path, f"{role}_other_norms.{norm}.{key}.accuracy.{name}", NUMBER)
         runs.append(run._replace(test=others[norm], batch_norm=BATCH_NORM_AT_TEST.get(norm, norm), variant=norm,
                                  lake=None))
-    heads = data.get(f"{role}_other_heads") or {}  # omniglot_pretrain.py --other_heads: the same weights
-    if not isinstance(heads, dict):
-        raise ResultsError(f"{path}: expected '{role}_other_heads' to be an object")
+    heads = _extra_evaluations(data, path, f"{role}_other_heads")  # omniglot_pretrain.py --other_heads
     for head in heads:
-        for key in field(data, path, f"{role}_other_heads.{head}", dict):
-            for name in ("mean", "ci95", "n"):
-                field(data, path, f"{role}_other_heads.{head}.{key}.accuracy.{name}", NUMBER)
         own_head = config.get("head", "linear")
         runs.append(run._replace(test=heads[head], variant=f"{head} head", lake=None,
                                  trained_on=trained_on.replace(f"{own_head} head at test", f"{head} head at test")))
