@@ -89,7 +89,7 @@ flags.DEFINE_float("memory_limit", None, "train, compare: GB of resident memory 
 flags.DEFINE_integer("seeds", 1, "compare: train both backends with N seeds (--seed, --seed+1, ...) and test whether "
                      "their final metrics differ by more than the spread between seeds (Welch's t-test; "
                      "compare-seeds.json/.md in --logdir).")
-flags.DEFINE_integer("threads", None, "CPU threads per backend (intra-op); default 1 for sinusoid (tiny "
+flags.DEFINE_integer("threads", None, "CPU threads per backend (torch: intra-op; TensorFlow: intra- and inter-op); default 1 for sinusoid (tiny "
                      "operations, where more threads only wait on each other), the framework's own otherwise.")
 flags.DEFINE_integer("workers", None, "train, bench, compare: split every meta-batch over N local worker "
                      "processes (one thread each unless --threads) on the backend's engine, torch.distributed or "

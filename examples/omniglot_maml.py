@@ -85,7 +85,7 @@ flags.DEFINE_string("data_dir", None, "Omniglot folder (default: dualmeta.data.d
 flags.DEFINE_string("out", None, "Metrics JSON (default omniglot_<learner>_<ways>w<shots>s_<backend>.json).")
 flags.DEFINE_string("checkpoint", None, "Write the trained weights (safetensors, neutral format) here.")
 flags.DEFINE_integer("log_every", 100, "Steps per point of the training curve / progress line.")
-flags.DEFINE_integer("threads", 0, "CPU threads of the backend (intra-op); 0: the framework's default.")
+flags.DEFINE_integer("threads", 0, "CPU threads of the backend (torch: intra-op; TensorFlow: intra- and inter-op); 0: the framework's default.")
 flags.DEFINE_string("device", "cpu", "torch device: cpu, cuda, cuda:N or mps (torch only: TensorFlow places "
                     "operations on a visible GPU by itself).")
 

@@ -80,7 +80,7 @@ flags.DEFINE_integer("log_every", 100, "Episodes per point of the training curve
 flags.DEFINE_float("curve_every", 3.0, "Minutes of training between points of the 5-way 1-shot accuracy curve "
                    "(0: none; excluded from the budget).")
 flags.DEFINE_integer("curve_episodes", 100, "Test episodes per point of the accuracy curve.")
-flags.DEFINE_integer("threads", None, "CPU threads of the backend (intra-op); default: the framework's own. "
+flags.DEFINE_integer("threads", None, "CPU threads of the backend (torch: intra-op; TensorFlow: intra- and inter-op); default: the framework's own. "
                      "On a busy machine 1 can be much faster for small models (--hidden 8).")
 flags.DEFINE_string("device", "cpu", "torch device: cpu, cuda, cuda:N or mps (torch only: TensorFlow places "
                     "operations on a visible GPU by itself).")
