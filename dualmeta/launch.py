@@ -298,7 +298,10 @@ def launch(command: Sequence[str], workers: int, engines: Sequence[str], *, port
         failed_at = None
         while any(p.poll() is None for p in processes):
             codes = [p.poll() for p in processes]
-            if failed_at is None and any(c not in (None, 0) for c in codes):
+            # After the first Ctrl-C / SIGTERM passed on, a worker that exits 130/143 stopped as asked: the
+            # others (rank 0 saving the checkpoint, maybe slowly on a loaded machine) are not cut short.
+            stopped = (130, 143) if state["signals"] == 1 else ()
+            if failed_at is None and any(c not in (None, 0, *stopped) for c in codes):
                 failed_at = time.monotonic()
             if failed_at is not None and time.monotonic() - failed_at > GRACE_SECONDS:
                 kill_all()

@@ -368,3 +368,23 @@ def test_compare_with_two_workers_passes(tmp_path):
     assert "verdict: PASS" in result.stdout
     report = json.loads((logdir / "compare.json").read_text())
     assert report["workers"] == 2 and report["max_rel_loss_diff"] <= 1e-8
+
+
+def test_a_slow_rank_0_is_not_cut_short_when_the_others_stop_on_ctrl_c(tmp_path, monkeypatch):
+    """After one Ctrl-C, a worker that exits 130 at once is not a failure: rank 0, still saving its
+    checkpoint after the grace period, is waited for (it used to be killed, and the checkpoint lost)."""
+    import threading
+
+    monkeypatch.setattr(launch, "GRACE_SECONDS", 0.3)
+    saved = tmp_path / "saved"
+    worker = ("import os, signal, sys, time\n"
+              "def stop(*_):\n"
+              "    if os.environ['DUALMETA_LOCAL_RANK'] == '0':\n"
+              "        time.sleep(1.5)\n"
+              f"        open({str(saved)!r}, 'w').write('checkpoint')\n"
+              "    sys.exit(130)\n"
+              "signal.signal(signal.SIGINT, stop)\n"
+              "time.sleep(60)\n")
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    code = launch.launch([sys.executable, "-c", worker], 2, ["torch"], say=lambda line: None)
+    assert code == 130 and saved.read_text() == "checkpoint"
