@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dualmeta import data  # noqa: E402
+from dualmeta.datasets import omniglot as data  # noqa: E402
 from dualmeta.episodes import ClassificationTasks  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def rate(make_one, seconds: float) -> tuple[float, int]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=None, help="Omniglot folder (default: dualmeta.data.default_data_dir())")
+    parser.add_argument("--data_dir", default=None, help="Omniglot folder (default: dualmeta.datasets.omniglot.default_data_dir())")
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     parser.add_argument("--step_seconds", type=float, default=0.6, help="duration of one MAML step")
     parser.add_argument("--meta_batch", type=int, default=32)

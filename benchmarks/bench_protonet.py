@@ -51,7 +51,7 @@ def episodes_source(args) -> ClassificationTasks:
         images = np.random.default_rng(0).random((200, 20, 28, 28), dtype=np.float32)
         dataset = ClassDataset.from_grouped(images)
     else:
-        from dualmeta import data
+        from dualmeta.datasets import omniglot as data
         dataset = data.omniglot_split("vinyals", "trainval", data_dir=args.data_dir)
     return ClassificationTasks(dataset, args.ways, args.shots, args.queries, seed=0)
 
@@ -97,7 +97,7 @@ def make_runner(name: str, hidden: int, args):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=None, help="Omniglot folder (default: dualmeta.data.default_data_dir())")
+    parser.add_argument("--data_dir", default=None, help="Omniglot folder (default: dualmeta.datasets.omniglot.default_data_dir())")
     parser.add_argument("--synthetic", action="store_true", help="random images instead of Omniglot")
     parser.add_argument("--backends", default="tf,torch", help="comma-separated: tf, torch")
     parser.add_argument("--ways", type=int, default=60)

@@ -238,7 +238,7 @@ class Experiment:
         return tasks
 
     def _train_dataset(self):
-        from dualmeta import data
+        from dualmeta.datasets import omniglot as data
         subset = {"vinyals": "train", "lake": "train"}[self.split]
         return data.omniglot_split(self.split, subset, data_dir=self.data_dir, image_size=IMAGE_SIZE)
 
@@ -249,7 +249,7 @@ class Experiment:
         if self.tasks != "omniglot":
             return ClassificationTasks(self._folder(role, shots + queries), ways=ways, shots=shots, queries=queries,
                                        seed=seed)
-        from dualmeta import data  # local: Pillow and the zip readers only for Omniglot
+        from dualmeta.datasets import omniglot as data  # local: Pillow and the zip readers only for Omniglot
 
         # Validation classes are held out of training (dualmeta.protocol): for Lake's split, the 5 Vinyals
         # validation alphabets of the background set.

@@ -22,7 +22,8 @@ the classes it is scored on. This module writes the rule once, for every script 
   set. Trained on Vinyals train (or trainval), runs 1-8 share characters with training (runs 1-6 wholly);
   runs 9-20 are held out. Trained on Lake's background set, all 20 are.
 
-    >>> from dualmeta import data, protocol
+    >>> from dualmeta import protocol
+    >>> from dualmeta.datasets import omniglot as data
     >>> images = data.load_omniglot_images()                                          # doctest: +SKIP
     >>> p = protocol.omniglot_protocol("vinyals", "train", images=images)             # doctest: +SKIP
     >>> runs, kept, dropped = protocol.held_out_lake_runs(p.train, images=images)     # doctest: +SKIP
@@ -130,11 +131,11 @@ def omniglot_protocol(split: str = "vinyals", train_on: str = "train", images=No
       split: ``'vinyals'`` or ``'lake'``.
       train_on: ``'train'`` (a validation set is held out) or ``'trainval'`` / ``'background'`` (train
         and val together; no validation set).
-      images: loaded :class:`dualmeta.data.OmniglotImages` (else loaded from ``data_dir``).
+      images: loaded :class:`dualmeta.datasets.omniglot.OmniglotImages` (else loaded from ``data_dir``).
       rotations: count the rotations of a training or validation character as classes of their own (the
         Vinyals convention; test classes follow the split's own default: rotated for vinyals, not for lake).
     """
-    from dualmeta import data  # local: Pillow and the zip readers only when Omniglot is used
+    from dualmeta.datasets import omniglot as data  # local: Pillow and the zip readers only when Omniglot is used
 
     if split not in TRAIN_ON:
         raise ValueError(f"Expected one of {sorted(TRAIN_ON)}; received split={split!r}")
@@ -206,7 +207,7 @@ def held_out_lake_runs(train: ClassDataset | set[str], images=None, data_dir: st
     ``excluded`` are run numbers (1-20). A run is kept only if none of its 20 support and 20 query
     characters is a training character.
     """
-    from dualmeta import data
+    from dualmeta.datasets import omniglot as data
 
     if images is None:
         images = data.load_omniglot_images(data_dir, image_size=image_size)

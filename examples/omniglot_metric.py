@@ -73,7 +73,7 @@ flags.DEFINE_boolean("running_stats", True, "Evaluate with batch-norm running st
 flags.DEFINE_enum("dtype", "float32", ["float32", "float64"], "Floating point type.")
 flags.DEFINE_integer("seed", 0, "Seed of the initial weights and the training episodes.")
 flags.DEFINE_integer("eval_seed", 2_000_000_011, "Seed of the test episodes (keep it fixed to compare runs).")
-flags.DEFINE_string("data_dir", None, "Omniglot folder (default: dualmeta.data.default_data_dir()).")
+flags.DEFINE_string("data_dir", None, "Omniglot folder (default: dualmeta.datasets.omniglot.default_data_dir()).")
 flags.DEFINE_string("out", None, "Metrics JSON (default omniglot_<learner>_<backend>.json).")
 flags.DEFINE_string("checkpoint", None, "Write the trained weights (safetensors, neutral format) here.")
 flags.DEFINE_integer("log_every", 100, "Episodes per point of the training curve / progress line.")

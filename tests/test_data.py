@@ -1,6 +1,6 @@
-"""Tests of dualmeta.data (Omniglot loading, splits, Lake runs, download) and of Omniglot episodes.
+"""Tests of dualmeta.datasets.omniglot (Omniglot loading, splits, Lake runs, download) and of Omniglot episodes.
 
-The real data is found with ``dualmeta.data.default_data_dir()`` (honours ``DUALMETA_DATA_DIR``); the
+The real data is found with ``dualmeta.datasets.omniglot.default_data_dir()`` (honours ``DUALMETA_DATA_DIR``); the
 tests FAIL when it is missing. The decoded images are loaded once per session through the default
 cache (``DUALMETA_CACHE_DIR`` or ``~/.cache/dualmeta``): the first run decodes the zips (a few seconds),
 later runs read the cache. Error paths use small synthetic zips written to ``tmp_path``.
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dualmeta import data
+from dualmeta.datasets import omniglot as data
 from dualmeta.episodes import ClassDataset, ClassificationTasks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ def data_dir() -> Path:
     missing = [name for name in data.OMNIGLOT_FILES if not (path / name).is_file()]
     if missing:
         pytest.fail(f"Omniglot data missing in {path} ({missing}); set {data.ENV_DATA_DIR} or run "
-                    "dualmeta.data.download_omniglot(data_dir)")
+                    "dualmeta.datasets.omniglot.download_omniglot(data_dir)")
     return path
 
 
@@ -331,7 +331,7 @@ def test_episode_determinism_by_address(vinyals_train, data_dir):
         np.testing.assert_array_equal(a, b)
     code = (
         "import hashlib, numpy as np\n"
-        "from dualmeta import data\n"
+        "from dualmeta.datasets import omniglot as data\n"
         "from dualmeta.episodes import ClassificationTasks\n"
         f"ds = data.omniglot_split('vinyals', 'train', data_dir={str(data_dir)!r})\n"
         "ep = ClassificationTasks(ds, ways=5, shots=1, queries=15, seed=3).episode(7)\n"
@@ -506,7 +506,7 @@ def test_missing_data_dir(tmp_path, monkeypatch):
         with pytest.raises(FileNotFoundError) as info:
             call()
         message = str(info.value)
-        for hint in ("--data_dir", "DUALMETA_DATA_DIR", "dualmeta.data.download_omniglot(data_dir)",
+        for hint in ("--data_dir", "DUALMETA_DATA_DIR", "dualmeta.datasets.omniglot.download_omniglot(data_dir)",
                      str(tmp_path / "nowhere")):
             assert hint in message
 
@@ -708,3 +708,10 @@ def test_inner_batches_are_class_balanced_windows():
     assert wrapped.tolist() == [[0, 1, 2], [3, 4, 0], [1, 2, 3]]
     with pytest.raises(ValueError, match="batch_size"):
         inner_batches(labels, 0, 5)
+
+
+def test_the_earlier_module_name_is_the_same_module():
+    import dualmeta.data as earlier
+    from dualmeta.data import omniglot_split
+
+    assert earlier is data and omniglot_split is data.omniglot_split

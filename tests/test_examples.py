@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from dualmeta import data
+from dualmeta.datasets import omniglot as data
 from dualmeta.weights import load_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

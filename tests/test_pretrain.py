@@ -189,7 +189,7 @@ def test_pretrain_settings():
 def fake_omniglot(folder):
     """Lake's split in the on-disk format: 3 background characters for training, 2 of a Vinyals validation
     alphabet (Hebrew), 3 evaluation characters; 20 drawings each."""
-    from dualmeta import data
+    from dualmeta.datasets import omniglot as data
     from tests.test_data import write_images_zip, write_runs_zip
     folder.mkdir()
     write_images_zip(folder / data.BACKGROUND_ZIP, "images_background",

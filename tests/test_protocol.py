@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dualmeta import data, protocol
+from dualmeta import protocol
+from dualmeta.datasets import omniglot as data
 from dualmeta.episodes import ClassificationTasks
 
 

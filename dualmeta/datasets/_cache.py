@@ -2,8 +2,8 @@
 
 Decoding (PNG/JPEG files, pickled arrays) is the slow part of loading a standard set, so each loader
 decodes a split once to ``uint8`` arrays and caches them in ``<cache_dir>/<dataset>-<split>-<size>px-
-<channels>c-<key>.npz``, written atomically by the helpers Omniglot's cache uses
-(:func:`dualmeta.data._write_npz`: a temporary file in the same folder, then ``os.replace``). The key
+<channels>c-<key>.npz``, written atomically by the helpers that Omniglot's cache uses too
+(:func:`write_npz`: a temporary file in the same folder, then ``os.replace``). The key
 covers the dataset, split, image size, channels, the source files' names, sizes and modification times,
 the Pillow version and the cache format, so editing the source files makes a new cache file. (For the
 mini-ImageNet image folder, the key covers the CSV and the ``images/`` folder itself, not every image:
@@ -11,24 +11,78 @@ after replacing an image in place, delete the cache file.)
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pickle
+import tempfile
+import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from dualmeta.episodes import ClassDataset
 
-__all__ = ["CACHE_FORMAT", "Decoded", "load_cached", "check_counts", "check_memory", "load_pickle", "to_uint8"]
+__all__ = ["CACHE_FORMAT", "ENV_CACHE_DIR", "default_cache_dir", "read_npz", "write_npz", "Decoded", "load_cached",
+           "check_counts", "check_memory", "load_pickle", "to_uint8"]
 
 CACHE_FORMAT = 1
+ENV_CACHE_DIR = "DUALMETA_CACHE_DIR"
 
 # images: (classes, per_class, size, size, channels) uint8; names: one per class; counts: the number of
 # images each class has in the source (per_class is their minimum).
 Decoded = tuple[np.ndarray, Sequence[str], Sequence[int]]
+
+
+def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where decoded arrays are cached: ``cache_dir``, else ``$DUALMETA_CACHE_DIR``, else ``~/.cache/dualmeta``."""
+    if cache_dir is not None and str(cache_dir) != "":
+        return Path(cache_dir).expanduser()
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR]).expanduser()
+    return Path.home() / ".cache" / "dualmeta"
+
+
+def read_npz(path: Path, key: str, parse, what: str, source: str, stacklevel: int = 3):
+    """``parse(stored)`` of the ``.npz`` cache at ``path`` whose ``key`` entry is ``key``; None when the
+    file is absent or stale, and also (with a warning) when it is unreadable or ``parse`` raises, so that
+    the caller decodes ``source`` again. Shared by every loader of ``dualmeta.datasets``."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if str(stored["key"]) != key:
+                return None
+            return parse(stored)
+    except Exception as err:  # noqa: BLE001 - any unreadable cache is simply rebuilt
+        warnings.warn(f"Ignoring the unreadable {what} cache {path} ({type(err).__name__}: {err}); "
+                      f"decoding {source} again", RuntimeWarning, stacklevel=stacklevel)
+        return None
+
+
+def write_npz(path: Path, key: str, arrays: Mapping[str, np.ndarray], what: str, source: str,
+               stacklevel: int = 3) -> None:
+    """Writes ``arrays`` and ``key`` to the ``.npz`` file ``path`` atomically (a temporary file in the same
+    folder, then ``os.replace``); a failure (read-only folder, full disk) only warns and leaves no file."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, key=np.array(key), **arrays)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as err:
+        warnings.warn(f"Could not write the {what} cache {path} ({err}); the next load decodes the "
+                      f"{source} again (set {ENV_CACHE_DIR} to a writable folder)", RuntimeWarning,
+                      stacklevel=stacklevel)
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def check_counts(label: str, names: Sequence[str], counts: Sequence[int], needed: int | None) -> None:
@@ -102,8 +156,6 @@ def load_cached(dataset: str, label: str, split: str, image_size: int, channels:
     """
     from PIL import __version__ as pillow_version
 
-    from dualmeta.data import _read_npz, _write_npz, default_cache_dir
-
     _check_shape(image_size, channels)
     image_size = int(image_size)
 
@@ -122,12 +174,12 @@ def load_cached(dataset: str, label: str, split: str, image_size: int, channels:
             raise ValueError("inconsistent arrays")
         return images, names, [int(c) for c in counts]
 
-    record = _read_npz(path, key, parse, what=label, source="the source files", stacklevel=4) if cache else None
+    record = read_npz(path, key, parse, what=label, source="the source files", stacklevel=4) if cache else None
     if record is None:
         images, names, counts = decode(check)
         record = np.asarray(images, dtype=np.uint8), tuple(names), [int(c) for c in counts]
         if cache:
-            _write_npz(path, key, dict(images=record[0], names=np.array(record[1]),
+            write_npz(path, key, dict(images=record[0], names=np.array(record[1]),
                                        counts=np.array(record[2], dtype=np.int64)),
                        what=label, source="source files", stacklevel=4)
     images, names, counts = record

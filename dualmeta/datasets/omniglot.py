@@ -1,5 +1,7 @@
 """Omniglot for few-shot learning (pure numpy / Pillow / stdlib; never imports tensorflow or torch).
 
+``dualmeta.data``, the earlier name of this module, is the same module object.
+
 Files (in the *data dir*, see :func:`default_data_dir`), exactly as distributed by Lake et al. (2015):
 
 * ``images_background.zip``: ``images_background/<Alphabet>/characterNN/IIII_DD.png`` (30 alphabets,
@@ -37,7 +39,6 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
-import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -47,6 +48,8 @@ import numpy as np
 import PIL
 from PIL import Image
 
+from dualmeta.datasets._cache import ENV_CACHE_DIR, default_cache_dir
+from dualmeta.datasets._cache import read_npz as _read_npz, write_npz as _write_npz
 from dualmeta.episodes import ClassDataset, Episode, check_positive
 
 __all__ = [
@@ -58,7 +61,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 ENV_DATA_DIR = "DUALMETA_DATA_DIR"
-ENV_CACHE_DIR = "DUALMETA_CACHE_DIR"
 
 BACKGROUND_ZIP = "images_background.zip"
 EVALUATION_ZIP = "images_evaluation.zip"
@@ -93,9 +95,9 @@ KNOWN_SHA256: dict[str, dict[str, str]] = {
 
 _FIX_HINT = ("pass the folder holding images_background.zip, images_evaluation.zip and all_runs.zip "
              f"with the --data_dir flag or the {ENV_DATA_DIR} environment variable, or download the "
-             "files with dualmeta.data.download_omniglot(data_dir)")
+             "files with dualmeta.datasets.omniglot.download_omniglot(data_dir)")
 _REDOWNLOAD_HINT = ("the file is damaged or not the Omniglot file: delete it and download it again with "
-                    "dualmeta.data.download_omniglot(data_dir, overwrite=True)")
+                    "dualmeta.datasets.omniglot.download_omniglot(data_dir, overwrite=True)")
 
 _IMAGE_ENTRY = re.compile(r"(?P<top>[^/]+)/(?P<alphabet>[^/]+)/character(?P<number>\d\d)/"
                           r"(?P<id>\d{4})_(?P<drawing>\d\d)\.png")
@@ -123,19 +125,10 @@ def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         return Path(data_dir).expanduser()
     if os.environ.get(ENV_DATA_DIR):
         return Path(os.environ[ENV_DATA_DIR]).expanduser()
-    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "omniglot"
+    shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "omniglot"
     if shared.is_dir():
         return shared
     return Path.home() / ".cache" / "dualmeta" / "omniglot"
-
-
-def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where decoded arrays are cached: ``cache_dir``, else ``$DUALMETA_CACHE_DIR``, else ``~/.cache/dualmeta``."""
-    if cache_dir is not None and str(cache_dir) != "":
-        return Path(cache_dir).expanduser()
-    if os.environ.get(ENV_CACHE_DIR):
-        return Path(os.environ[ENV_CACHE_DIR]).expanduser()
-    return Path.home() / ".cache" / "dualmeta"
 
 
 def _require_file(data_dir: Path, name: str) -> Path:
@@ -406,46 +399,6 @@ def _write_cache(path: Path, key: str, record: OmniglotImages) -> None:
                                images=stored, names=np.array(record.names), ids=record.ids,
                                background=record.background),
                what="Omniglot", source="zips", stacklevel=4)
-
-
-def _read_npz(path: Path, key: str, parse, what: str, source: str, stacklevel: int = 3):
-    """``parse(stored)`` of the ``.npz`` cache at ``path`` whose ``key`` entry is ``key``; None when the
-    file is absent or stale, and also (with a warning) when it is unreadable or ``parse`` raises, so that
-    the caller decodes ``source`` again. Shared by Omniglot and ``dualmeta.datasets``."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            if str(stored["key"]) != key:
-                return None
-            return parse(stored)
-    except Exception as err:  # noqa: BLE001 - any unreadable cache is simply rebuilt
-        warnings.warn(f"Ignoring the unreadable {what} cache {path} ({type(err).__name__}: {err}); "
-                      f"decoding {source} again", RuntimeWarning, stacklevel=stacklevel)
-        return None
-
-
-def _write_npz(path: Path, key: str, arrays: Mapping[str, np.ndarray], what: str, source: str,
-               stacklevel: int = 3) -> None:
-    """Writes ``arrays`` and ``key`` to the ``.npz`` file ``path`` atomically (a temporary file in the same
-    folder, then ``os.replace``); a failure (read-only folder, full disk) only warns and leaves no file."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, key=np.array(key), **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as err:
-        warnings.warn(f"Could not write the {what} cache {path} ({err}); the next load decodes the "
-                      f"{source} again (set {ENV_CACHE_DIR} to a writable folder)", RuntimeWarning,
-                      stacklevel=stacklevel)
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def load_tieredimagenet(root: str | os.PathLike, split: str = "train", image_siz
     """The classes of ``split`` (``"train"``, ``"val"`` or ``"test"``) of the tiered-ImageNet in ``root``.
 
     ``needed``: shots + queries; a class with fewer images fails with a one-line ``ValueError`` naming it.
-    ``cache_dir``: folder of the decoded-array cache (default :func:`dualmeta.data.default_cache_dir`).
+    ``cache_dir``: folder of the decoded-array cache (default :func:`dualmeta.datasets.omniglot.default_cache_dir`).
     """
     if split not in SPLITS:
         raise ValueError(f"Expected one of {list(SPLITS)}; received split={split!r}")
