@@ -48,7 +48,7 @@ LEARNERS: dict[str, tuple[str, str]] = {
 }
 METRIC_LEARNERS = ("protonet", "matchingnet")  # embed with a head-less conv4; no inner loop
 SEQUENCE_LEARNERS = ("lstm", "snail")  # model-based: read the episode as a sequence (models in <backend>.sequence)
-MODELS = ("mlp", "conv4", "lstm", "snail", "resnet12")  # builders: <backend>.models (mlp, conv4), <backend>.sequence (the rest)
+MODELS = ("mlp", "conv4", "lstm", "snail", "resnet12", "description")  # builders: <backend>.models (mlp, conv4), <backend>.sequence (the rest)
 DEVICES = ("cpu", "cuda", "cuda:N", "mps")  # torch device names the learners accept (N: a GPU index)
 _DEVICE_PATTERN = re.compile(r"cpu|cuda(:[0-9]+)?|mps")
 
@@ -210,7 +210,7 @@ def build_model(backend: str, name: str, config: dict, dtype: str = "float32", s
     if name not in MODELS:
         raise _expected("model", name, MODELS)
     check_device(backend, device)
-    module = "models" if name in ("mlp", "conv4", "resnet12") else "sequence"
+    module = "models" if name in ("mlp", "conv4", "resnet12", "description") else "sequence"
     models = importlib.import_module(f"{load_backend(backend).__name__}.{module}")
     config = dict(config)
     if name == "mlp":

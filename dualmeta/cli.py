@@ -725,7 +725,8 @@ def cmd_bench() -> int:
 
 
 # -- check-model (issue 17): a twin description built in both backends, compared ------------------------
-flags.DEFINE_string("model", None, "train/evaluate/compare: the image backbone, conv4 (default) or resnet12; "
+flags.DEFINE_string("model", None, "train/evaluate/compare: the image backbone, conv4 (default), resnet12 or a twin description "
+                    "'package.module:name' (called with the num_classes, in_channels, image_size it names); "
                     "check-model: a twin description, 'package.module:name' (a dualmeta.twins.Description or a "
                     "function returning one) or a built-in (mlp, conv4, resnet12).")
 

@@ -117,7 +117,7 @@ class Experiment:
     data_dir: str | None = None
     recompute_inner_steps: bool = False  # maml, metasgd, anil: rebuild each inner step's graph in backward
     mask_ratio: float | None = None  # mae: the fraction of each image hidden (default 0.75)
-    backbone: str = "conv4"  # classification twin: conv4 or resnet12 (--model; issue 17)
+    backbone: str = "conv4"  # classification twin: conv4, resnet12 or 'package.module:name' (--model; issue 17)
 
     # -- what to build ------------------------------------------------------------------------------
     @property
@@ -148,6 +148,9 @@ class Experiment:
             return self._sequence_model()
         if self.backbone == "resnet12":
             return self._resnet12()
+        if self.backbone != "conv4":  # a user's description, 'package.module:name'
+            return "description", dict(path=self.backbone, num_classes=None if self.metric else self.ways,
+                                        **self.image)
         if self.tasks == "sinusoid":
             return "mlp", dict(in_features=1, hidden=[self.hidden, self.hidden], out_features=1,
                                activation=self.activation)
@@ -301,10 +304,14 @@ def resolve(backend: str, learner: str = "maml", tasks: str = "sinusoid", **give
     if unknown:
         raise ValueError(f"Unknown settings {unknown}; expected among {[f.name for f in dataclasses.fields(Experiment)]}")
     given = {key: value for key, value in given.items() if value is not None}
-    if given.get("backbone", "conv4") not in BACKBONES:
-        raise _expected("model", given["backbone"], BACKBONES)
-    if given.get("backbone") == "resnet12" and (tasks == "sinusoid" or learner in SEQUENCE_LEARNERS):
-        raise ValueError(f"--model=resnet12 is an image backbone for the MAML family and the metric learners; "
+    if given.get("backbone", "conv4") not in BACKBONES and ":" not in str(given["backbone"]):
+        raise ValueError(f"Expected --model among {list(BACKBONES)} or a twin description 'package.module:name' "
+                         f"(see docs/own-model.md); received --model={given['backbone']}")
+    if ":" in str(given.get("backbone", "")):
+        from dualmeta import twins
+        twins.resolve(given["backbone"])  # importable and present, else one line naming the fix
+    if given.get("backbone", "conv4") != "conv4" and (tasks == "sinusoid" or learner in SEQUENCE_LEARNERS):
+        raise ValueError(f"--model={given['backbone']} is an image backbone for the MAML family and the metric learners; "
                          f"drop it for --tasks={tasks} --learner={learner}")
     if tasks == "sinusoid":
         for key in ("ways", "train_ways", "split"):

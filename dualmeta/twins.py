@@ -34,6 +34,7 @@ it is the one place the two backends can differ, and the check names it when the
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import NamedTuple
 
 from dualmeta import weights as neutral
@@ -176,10 +177,22 @@ def resolve(path: str):
     return getattr(module, attribute)
 
 
-def load(path: str) -> Description:
-    """A user's twin: ``'package.module:name'`` naming a :class:`Description` or a function returning one."""
+def load(path: str, **arguments) -> Description:
+    """A user's twin: ``'package.module:name'`` naming a :class:`Description` or a function returning one.
+
+    A function gets those of ``arguments`` (the command line offers ``num_classes``, ``in_channels`` and
+    ``image_size``, and ``ways`` equal to ``num_classes``) that its signature names; a :class:`Description`
+    is used as it is."""
     found = resolve(path)
-    description = found() if callable(found) and not isinstance(found, Description) else found
+    if callable(found) and not isinstance(found, Description):
+        try:
+            parameters = inspect.signature(found).parameters
+        except (TypeError, ValueError):
+            parameters = {}
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        description = found(**{k: v for k, v in arguments.items() if takes_all or k in parameters})
+    else:
+        description = found
     if not isinstance(description, Description):
         raise ValueError(f"{path!r} is not a dualmeta.twins.Description (nor a function returning one); "
                          f"received {type(description).__name__}")

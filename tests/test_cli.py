@@ -623,3 +623,49 @@ def test_resnet12_protonet_trains_in_torch_and_evaluates_the_same_in_tf(tmp_path
     lines = [run_cli("evaluate", f"--backend={b}", f"--checkpoint={tmp_path / 'run'}", "--episodes=4", cwd=tmp_path,
                      check=0).stdout.strip().splitlines()[-1] for b in ("tf", "torch")]
     assert lines[0].split("accuracy")[1] == lines[1].split("accuracy")[1], lines
+
+
+# Issue 17: --model=package.module:name, a user's twin for every learner
+def test_a_user_description_is_built_with_the_tasks_shape_in_both_backends():
+    import sys as _sys
+    _sys.path.insert(0, str(REPO_ROOT))
+    try:
+        maml = experiment.resolve("torch", learner="maml", tasks="omniglot", ways=3, backbone="examples.my_twins:small")
+        proto = experiment.resolve("torch", learner="protonet", tasks="omniglot", ways=3,
+                                   backbone="examples.my_twins:small")
+        assert maml.model() == ("description", dict(path="examples.my_twins:small", num_classes=3, in_channels=1,
+                                                    image_size=28))
+        assert proto.model()[1]["num_classes"] is None
+        outputs = {}
+        for name in ("torch", "tf"):
+            model = backend.build_model(name, *maml.model(), dtype="float64", seed=3)
+            outputs[name] = {n: np.asarray(w) for n, w in model.get_weights().items()}
+        assert sorted(outputs["torch"]) == ["conv.weight", "head.bias", "head.weight", "norm.bias", "norm.weight"]
+        for n in outputs["torch"]:
+            np.testing.assert_array_equal(outputs["torch"][n], outputs["tf"][n])
+        assert outputs["torch"]["head.weight"].shape == (3, 8 * 7 * 7)
+    finally:
+        _sys.path.remove(str(REPO_ROOT))
+
+
+@pytest.mark.parametrize("model, fragments", [
+    ("nosuchpackage.twins:small", ["Cannot import 'nosuchpackage.twins'", "PYTHONPATH"]),
+    ("examples.my_twins:nothing", ["has no 'nothing'"]),
+    ("resnet18", ["--model among", "package.module:name"]),
+])
+def test_a_bad_model_is_refused_in_one_line(tmp_path, model, fragments):
+    result = run_cli("train", "--tasks=omniglot", "--learner=protonet", f"--model={model}", "--steps=1",
+                     f"--logdir={tmp_path / 'run'}", cwd=REPO_ROOT)
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # ~40 s of CPU (three CLI runs)
+def test_a_user_description_trains_in_torch_and_evaluates_the_same_in_tf(tmp_path):
+    args = ["--tasks=omniglot", "--learner=protonet", "--model=examples.my_twins:small", "--train_ways=3", "--ways=3",
+            "--shots=1", "--queries=2", "--train_queries=2", "--episodes=4"]
+    run_cli("train", "--backend=torch", *args, "--steps=2", f"--logdir={tmp_path / 'run'}", cwd=REPO_ROOT, check=0)
+    lines = [run_cli("evaluate", f"--backend={b}", f"--checkpoint={tmp_path / 'run'}", "--episodes=4", cwd=REPO_ROOT,
+                     check=0).stdout.strip().splitlines()[-1] for b in ("tf", "torch")]
+    accuracy = [line.split("accuracy")[1].split(";")[0] for line in lines]  # the float32 loss may differ in its last digit
+    assert accuracy[0] == accuracy[1], lines

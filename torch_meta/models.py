@@ -23,7 +23,7 @@ from torch import nn
 from dualmeta import weights as neutral
 
 __all__ = ["BatchNorm", "MLP", "Conv4", "mlp", "conv4", "functional_call", "NORM_EPS", "NORM_MOMENTUM", "Twin", "build",
-           "resnet12"]
+           "resnet12", "description"]
 
 NORM_EPS = 1e-5
 NORM_MOMENTUM = 0.1  # update rate: running = (1 - momentum) * running + momentum * batch_statistic
@@ -350,6 +350,14 @@ def resnet12(in_channels: int = 3, channels: tuple[int, ...] = (64, 160, 320, 64
     return build(twins.resnet12(in_channels, tuple(channels), num_classes, image_size, track_running_stats, slope),
                  dtype, init, seed)
 
+
+def description(path: str, num_classes: int | None = None, in_channels: int = 1, image_size: int = 28,
+                dtype: str = "float32", init: str = "neutral", seed: int = 0) -> Twin:
+    """The twin of a user's description, ``'package.module:name'`` (``dualmeta.twins.load``), as
+    ``--model=package.module:name`` builds it for every learner."""
+    from dualmeta import twins
+    return build(twins.load(path, num_classes=num_classes, ways=num_classes, in_channels=in_channels,
+                            image_size=image_size), dtype, init, seed)
 
 def probe(description, weights: Mapping[str, np.ndarray], x: np.ndarray, direction: np.ndarray,
           inner_lr: float = 0.1) -> dict[str, np.ndarray]:
