@@ -304,14 +304,15 @@ def resolve(backend: str, learner: str = "maml", tasks: str = "sinusoid", **give
     if unknown:
         raise ValueError(f"Unknown settings {unknown}; expected among {[f.name for f in dataclasses.fields(Experiment)]}")
     given = {key: value for key, value in given.items() if value is not None}
-    if given.get("backbone", "conv4") not in BACKBONES and ":" not in str(given["backbone"]):
-        raise ValueError(f"Expected --model among {list(BACKBONES)} or a twin description 'package.module:name' "
-                         f"(see docs/own-model.md); received --model={given['backbone']}")
-    if ":" in str(given.get("backbone", "")):
+    backbone = str(given.get("backbone", "conv4"))
+    if ":" in backbone:
         from dualmeta import twins
-        twins.resolve(given["backbone"])  # importable and present, else one line naming the fix
-    if given.get("backbone", "conv4") != "conv4" and (tasks == "sinusoid" or learner in SEQUENCE_LEARNERS):
-        raise ValueError(f"--model={given['backbone']} is an image backbone for the MAML family and the metric learners; "
+        twins.resolve(backbone)  # importable and present, else one line naming the fix
+    elif backbone not in BACKBONES:
+        raise ValueError(f"Expected --model among {list(BACKBONES)} or a twin description 'package.module:name' "
+                         f"(see docs/own-model.md); received --model={backbone}")
+    if backbone != "conv4" and (tasks == "sinusoid" or learner in SEQUENCE_LEARNERS):
+        raise ValueError(f"--model={backbone} is an image backbone for the MAML family and the metric learners; "
                          f"drop it for --tasks={tasks} --learner={learner}")
     if tasks == "sinusoid":
         for key in ("ways", "train_ways", "split"):

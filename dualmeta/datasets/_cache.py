@@ -63,7 +63,7 @@ def read_npz(path: Path, key: str, parse, what: str, source: str, stacklevel: in
 
 
 def write_npz(path: Path, key: str, arrays: Mapping[str, np.ndarray], what: str, source: str,
-               stacklevel: int = 3) -> None:
+              stacklevel: int = 3) -> None:
     """Writes ``arrays`` and ``key`` to the ``.npz`` file ``path`` atomically (a temporary file in the same
     folder, then ``os.replace``); a failure (read-only folder, full disk) only warns and leaves no file."""
     tmp = None
@@ -180,8 +180,8 @@ def load_cached(dataset: str, label: str, split: str, image_size: int, channels:
         record = np.asarray(images, dtype=np.uint8), tuple(names), [int(c) for c in counts]
         if cache:
             write_npz(path, key, dict(images=record[0], names=np.array(record[1]),
-                                       counts=np.array(record[2], dtype=np.int64)),
-                       what=label, source="source files", stacklevel=4)
+                                      counts=np.array(record[2], dtype=np.int64)),
+                      what=label, source="source files", stacklevel=4)
     images, names, counts = record
     check(names, counts)
     check_memory(label, split, images.size * 4)
