@@ -10,13 +10,13 @@ ways               --                           5
 shots / queries    10 / 10                      1 / 15
 train_ways         --                           ways (protonet: 60)
 train_queries      queries                      queries (protonet: 5; lstm, snail: 1)
-meta_batch_size    25                           32 / 1 (lstm, snail: 32)
+meta_batch_size    25                           32 / 1 (lstm: 16, snail: 32)
 inner_lr           0.01                         0.4 / --
 inner_steps        1 (reptile 5)                1 (reptile 5) / --
 test_inner_steps   10                           3 / --
 inner_reduction    mean                         sum_per_shot (the original code) / --
 inner_batch_size   -- (reptile: all points)     -- (reptile: the whole support set) / --
-meta_lr            1e-3 (reptile 1.0, SGD)      1e-3 (reptile 1.0, SGD)
+meta_lr            1e-3 (reptile 1.0, SGD)      1e-3 (reptile 1.0, SGD; lstm 3e-3)
 lr_decay_every     --                           -- / protonet 2000 (halves meta_lr), matchingnet none
 steps              70000                        60000 / 20000 (lstm, snail: 40000)
 hidden             40 (mlp 1-40-40-1)           64 (conv4)
@@ -26,8 +26,8 @@ hidden             40 (mlp 1-40-40-1)           64 (conv4)
 The model-based learners (``lstm``, ``snail``) have no inner loop (the ``inner_*`` settings do not apply)
 and read the episodes of task sets wrapped in :class:`dualmeta.sequences.ShuffledSupport` (support order
 shuffled by address). On Omniglot they embed images with a max-pool conv4 of ``hidden`` channels (running
-batch-norm statistics, used at evaluation, so queries are embedded independently); the LSTM has 128 units,
-SNAIL the paper's sizes; the head has ``max(ways, train_ways)`` outputs and SNAIL reads support sets of up
+batch-norm statistics, used at evaluation, so queries are embedded independently); the LSTM has 128 units
+(forget-gate bias 1 at the start), SNAIL the paper's sizes; the head has ``max(ways, train_ways)`` outputs and SNAIL reads support sets of up
 to ``max(ways * shots, train_ways * train_shots)`` examples. On the sinusoid they read the raw ``(x, y)``.
 
 Episodes are addressed by (seed, index): training batches come from ``seed``, validation episodes from
@@ -79,6 +79,10 @@ _OMNIGLOT_PRETRAIN = dict(ways=5, shots=1, queries=15, meta_batch_size=64, meta_
                           mask_ratio=0.75)
 _SEQUENCE_HIDDEN = {"lstm": 40, "snail": 32}  # sinusoid: LSTM units, SNAIL filters
 OMNIGLOT_LSTM_UNITS = 128
+# Omniglot LSTM recipe (pilots in docs/learners/lstm.md): Keras' forget-gate bias of 1 at the start, 16 episodes
+# per step at Adam 3e-3; with PyTorch's zero bias, or 32 episodes at 1e-3, it stayed at chance.
+OMNIGLOT_LSTM_FORGET_BIAS = 1.0
+_OMNIGLOT_LSTM = dict(meta_batch_size=16, meta_lr=3e-3)
 # Snell et al.: Adam 1e-3 halved every 2000 episodes, 60-way 5-query training episodes.
 _LEARNER_DEFAULTS = {"reptile": dict(inner_steps=5, meta_lr=1.0),
                      "protonet": dict(train_ways=60, train_queries=5, lr_decay_every=2000)}
@@ -180,7 +184,8 @@ class Experiment:
                        activation=self.activation, track_running_stats=True)
         ways = max(self.ways, self.train_ways)
         if self.learner == "lstm":
-            return "lstm", dict(ways=ways, hidden=OMNIGLOT_LSTM_UNITS, encoder=encoder)
+            return "lstm", dict(ways=ways, hidden=OMNIGLOT_LSTM_UNITS, encoder=encoder,
+                                forget_bias=OMNIGLOT_LSTM_FORGET_BIAS)
         return "snail", dict(ways=ways, support_size=max(self.ways * self.shots, self.train_ways * self.train_shots),
                              filters=128, keys=[64, 256], values=[32, 128], encoder=encoder)
 
@@ -327,7 +332,7 @@ def resolve(backend: str, learner: str = "maml", tasks: str = "sinusoid", **give
         if learner in SEQUENCE_LEARNERS:
             defaults = dict(_SINUSOID_SEQUENCE, hidden=_SEQUENCE_HIDDEN[learner])
     elif learner in SEQUENCE_LEARNERS:
-        defaults = dict(_OMNIGLOT_SEQUENCE, split="vinyals")
+        defaults = dict(_OMNIGLOT_SEQUENCE, split="vinyals", **(_OMNIGLOT_LSTM if learner == "lstm" else {}))
     else:
         defaults = dict(_OMNIGLOT_METRIC if learner in METRIC_LEARNERS else _OMNIGLOT_MAML)
         defaults["split"] = "vinyals"

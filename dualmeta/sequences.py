@@ -33,7 +33,7 @@ Specs (names and layouts are PyTorch's, like every neutral tensor):
 ``in`` is the encoder's feature size plus ``ways`` (classification) or ``in_features + out_features``
 (regression); ``C`` grows block by block (dense concatenation). Initial values: U(-1/sqrt(fan_in),
 1/sqrt(fan_in)) by ``dualmeta.weights.initialize`` (for the LSTM ``fan_in = H``: PyTorch's ``nn.LSTM``
-initialiser).
+initialiser), plus ``forget_bias`` on the forget-gate rows ``H:2H`` of ``lstm.bias_hh`` (default 0).
 
 No key bias: a bias ``b`` on the attention keys adds ``q . b`` to every logit of a query's row, which the
 softmax cancels, so its true gradient is zero and what a framework computes is round-off. Adam turns that
@@ -179,13 +179,18 @@ def _framing(ways, encoder, in_features, out_features) -> tuple[dict, dict, int,
 
 
 def lstm_spec(ways: int | None = None, hidden: int = 128, encoder: dict | None = None, in_features: int = 1,
-              out_features: int = 1) -> ModelSpec:
+              out_features: int = 1, forget_bias: float = 0.0) -> ModelSpec:
     """The LSTM black-box learner: an optional conv4 encoder, one LSTM layer of ``hidden`` units, a linear head.
 
     Classification: ``ways`` (label-slot width and head size) and ``encoder`` (head-less conv4 arguments).
     Regression: ``ways=None``, ``encoder=None``; steps are ``(x, y)`` of widths ``in_features + out_features``.
+    ``forget_bias`` is added to the forget-gate part of ``lstm.bias_hh`` at initialisation (1.0 is Keras'
+    ``unit_forget_bias=True``; 0.0 is PyTorch's ``nn.LSTM``): :func:`dualmeta.weights.initialize`.
     """
     check_positive(hidden=hidden)
+    forget_bias = float(forget_bias)
+    if not math.isfinite(forget_bias):
+        raise ValueError(f"Expected a finite forget_bias (0.0: PyTorch's start, 1.0: Keras'); received {forget_bias}")
     tensors, config, steps, outputs = _framing(ways, encoder, in_features, out_features)
     h = int(hidden)
     tensors.update({"lstm.weight_ih": TensorSpec((4 * h, steps), "dense", h),
@@ -194,7 +199,7 @@ def lstm_spec(ways: int | None = None, hidden: int = 128, encoder: dict | None =
                     "lstm.bias_hh": TensorSpec((4 * h,), "bias", h),
                     "head.weight": TensorSpec((outputs, h), "dense", h),
                     "head.bias": TensorSpec((outputs,), "bias", h)})
-    return ModelSpec("lstm", {**config, "hidden": h}, tensors)
+    return ModelSpec("lstm", {**config, "hidden": h, "forget_bias": forget_bias}, tensors)
 
 
 def dilations(support_size: int) -> list[int]:

@@ -154,6 +154,8 @@ def initialize(spec: ModelSpec, seed: int = 0, dtype: str = "float32") -> dict[s
     Kernels and biases are drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default for Linear
     and Conv2d); norm scales are 1 and shifts 0; running means 0 and variances 1. Each tensor has its own
     generator, seeded by ``(seed, position)``, so adding a head does not change the body's weights.
+    An LSTM spec's ``forget_bias`` (``dualmeta.sequences.lstm_spec``) is added to the forget-gate rows of
+    ``lstm.bias_hh`` (gates i, f, g, o: rows ``H:2H``), as Keras' ``unit_forget_bias`` does.
     """
     check_dtype(dtype)
     weights = {}
@@ -166,6 +168,9 @@ def initialize(spec: ModelSpec, seed: int = 0, dtype: str = "float32") -> dict[s
             value = np.ones(tensor.shape)
         else:
             value = np.zeros(tensor.shape)
+        if name == "lstm.bias_hh" and spec.config.get("forget_bias"):
+            hidden = spec.config["hidden"]
+            value[hidden:2 * hidden] += spec.config["forget_bias"]
         weights[name] = value.astype(dtype)
     return weights
 

@@ -99,7 +99,8 @@ def main(argv):
 
     try:
         experiment = resolve(FLAGS.backend, FLAGS.learner, "omniglot", ways=FLAGS.ways, shots=FLAGS.shots,
-                             train_shots=FLAGS.train_shots, queries=FLAGS.train_queries,
+                             train_shots=FLAGS.train_shots, queries=FLAGS.test_queries,
+                             train_queries=FLAGS.train_queries,
                              meta_batch_size=FLAGS.meta_batch_size, inner_lr=FLAGS.inner_lr,
                              inner_steps=FLAGS.inner_steps, test_inner_steps=FLAGS.test_inner_steps,
                              inner_reduction=FLAGS.inner_reduction, inner_batch_size=FLAGS.inner_batch_size,

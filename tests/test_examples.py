@@ -143,13 +143,14 @@ def test_omniglot_maml_example_runs_snail(backend, tmp_path):
     evaluates with running batch-norm statistics, and the other backend scores its checkpoint the same."""
     _omniglot_or_skip()
     run = subprocess.run([sys.executable, os.path.join(EXAMPLES, "omniglot_maml.py"), f"--backend={backend}", *TINY,
-                          "--learner=snail", "--max_steps=2", "--meta_batch_size=2", "--episodes=2",
+                          "--learner=snail", "--max_steps=2", "--meta_batch_size=2", "--train_queries=2", "--episodes=2",
                           "--curve_every=0", "--out=metrics.json", "--checkpoint=weights.safetensors"],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["train"]["steps"] == 2 and report["config"]["test_norm"] == "running"
+    assert report["config"]["train_queries"] == 2  # the learner defaults of experiment.py do not override it
     assert report["config"]["inner_lr"] is None and report["test"]["5w1s"]["accuracy"]["n"] == 2
     _evaluate_in_the_other_backend("omniglot_maml.py", backend, tmp_path, "--learner=snail")
     if backend == "torch":

@@ -30,9 +30,30 @@ def test_sequence_settings(learner):
     omniglot = experiment.resolve("torch", learner=learner, tasks="omniglot", ways=20, train_ways=5)
     name, config = omniglot.model()
     assert config["ways"] == 20 and config["encoder"]["track_running_stats"]  # head: max(ways, train_ways)
-    assert (omniglot.meta_batch_size, omniglot.train_queries, omniglot.queries) == (32, 1, 15)
+    recipe = {"lstm": (16, 3e-3), "snail": (32, 1e-3)}[learner]  # the Omniglot recipes of docs/learners
+    assert (omniglot.meta_batch_size, omniglot.meta_lr, omniglot.train_queries, omniglot.queries) == (*recipe, 1, 15)
+    assert config.get("forget_bias") == (1.0 if learner == "lstm" else None)
+    assert sine.model()[1].get("forget_bias") is None  # the sinusoid LSTM starts as PyTorch's nn.LSTM
     with pytest.raises(ValueError, match=f"--inner_lr does not apply to --learner={learner}"):
         experiment.resolve("torch", learner=learner, inner_lr=0.1)
+
+
+@pytest.mark.parametrize("backend", ["tf", "torch"])
+def test_forget_bias_is_added_to_the_forget_gate_rows_only(backend):
+    """``forget_bias`` shifts rows H:2H (gate f of i, f, g, o) of ``lstm.bias_hh`` at the start, and nothing else;
+    each backend's builder gives those neutral weights; a value that is not finite is refused."""
+    from dualmeta import backend as backends
+    from dualmeta.sequences import lstm_spec
+    from dualmeta.weights import initialize
+    plain, shifted = (initialize(lstm_spec(ways=None, hidden=6, forget_bias=b), seed=3) for b in (0.0, 2.5))
+    difference = shifted["lstm.bias_hh"] - plain["lstm.bias_hh"]
+    np.testing.assert_allclose(difference, np.r_[np.zeros(6), np.full(6, 2.5), np.zeros(12)], atol=1e-6)
+    assert all(np.array_equal(plain[name], shifted[name]) for name in plain if name != "lstm.bias_hh")
+    model = backends.build_model(backend, "lstm", dict(ways=None, hidden=6, forget_bias=2.5), seed=3)
+    built = model.get_weights()
+    assert all(np.array_equal(np.asarray(built[name]), shifted[name]) for name in shifted)
+    with pytest.raises(ValueError, match="Expected a finite forget_bias"):
+        lstm_spec(ways=None, hidden=6, forget_bias=float("nan"))
 
 
 def test_compare_default_steps_per_learner():

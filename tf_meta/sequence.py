@@ -230,9 +230,10 @@ def _build(model: _SequenceNet, init: str, seed: int, dtype: str) -> _SequenceNe
 
 
 def lstm(ways: int | None = None, hidden: int = 128, encoder: dict | None = None, in_features: int = 1,
-         out_features: int = 1, dtype: str = "float32", init: str = "neutral", seed: int = 0) -> LSTMNet:
+         out_features: int = 1, dtype: str = "float32", init: str = "neutral", seed: int = 0,
+         forget_bias: float = 0.0) -> LSTMNet:
     """Builds the LSTM model of ``dualmeta.sequences.lstm_spec`` (see there for the arguments)."""
-    spec = neutral_seq.lstm_spec(ways, hidden, encoder, in_features, out_features)
+    spec = neutral_seq.lstm_spec(ways, hidden, encoder, in_features, out_features, forget_bias)
     return _build(LSTMNet(spec, dtype=neutral.check_dtype(dtype)), init, seed, dtype)
 
 

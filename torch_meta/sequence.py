@@ -213,9 +213,11 @@ class SNAILNet(_SequenceNet):
 
 
 def lstm(ways: int | None = None, hidden: int = 128, encoder: dict | None = None, in_features: int = 1,
-         out_features: int = 1, dtype: str = "float32", init: str = "neutral", seed: int = 0) -> LSTMNet:
+         out_features: int = 1, dtype: str = "float32", init: str = "neutral", seed: int = 0,
+         forget_bias: float = 0.0) -> LSTMNet:
     """Builds the LSTM model of ``dualmeta.sequences.lstm_spec`` (see there for the arguments)."""
-    return _build(LSTMNet(neutral_seq.lstm_spec(ways, hidden, encoder, in_features, out_features)), init, seed, dtype)
+    spec = neutral_seq.lstm_spec(ways, hidden, encoder, in_features, out_features, forget_bias)
+    return _build(LSTMNet(spec), init, seed, dtype)
 
 
 def snail(ways: int | None = None, support_size: int = 5, filters: int = 128, keys: tuple[int, ...] = (64, 256),
