@@ -346,6 +346,10 @@ def read_runs(path: str, results_dir: str, role: str = "test") -> list[Run]:
         ways, shots, queries = "", "", f"_batch{batch}"
         trained_on = f"batches of {batch} images, {config.get('head', 'linear')} head at test"
         suffix = f"_{config.get('head', 'linear')}"
+        scale = config.get("scale")
+        if learner == "baseline_pp" and _is_number(scale) and scale != 10:  # 10: Chen et al.'s (the first runs)
+            trained_on += f", cosine scale {scale:g}"  # runs that differ only in the scale get their own plots
+            suffix += f"_scale{scale:g}"
         curve_setting = "5w1s"
     elif learner in METRIC_LEARNERS or "train_ways" in config:
         script = "examples/omniglot_metric.py"

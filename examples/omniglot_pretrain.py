@@ -52,8 +52,9 @@ flags.DEFINE_integer("test_queries", 15, "Queries per class of test episodes.")
 flags.DEFINE_integer("episodes", 600, "Test episodes per setting.")
 flags.DEFINE_integer("hidden", 64, "Encoder channels.")
 flags.DEFINE_float("meta_lr", 1e-3, "Adam learning rate.")
-flags.DEFINE_float("scale", 10.0, "baseline_pp: the cosine classifier's scale (Chen et al.'s code: 10 above 200 "
-                   "classes).")
+flags.DEFINE_float("scale", 20.0, "baseline_pp: the cosine classifier's scale (dualmeta's Omniglot recipe: 20 "
+                   "for the 4112 classes; Chen et al.'s code: 10 above 200 classes); with --init_weights and no "
+                   "--scale: the scale the checkpoint was trained with.")
 flags.DEFINE_float("temperature", 0.5, "simclr: NT-Xent temperature.")
 flags.DEFINE_float("mask_ratio", 0.75, "mae: the fraction of each image hidden (strictly between 0 and 1).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "float64"], "Floating point type.")
@@ -102,6 +103,20 @@ def training_batches(learner: str, dataset):
     return pretrain.ClassBatches(dataset, seed=FLAGS.seed)
 
 
+def inherit_scale() -> None:
+    """baseline_pp with --init_weights and no --scale: the cosine scale the checkpoint was trained with (its
+    metadata's config), so a checkpoint of another scale is scored with its own head."""
+    from dualmeta.weights import load_weights
+    if FLAGS.learner != "baseline_pp" or not FLAGS.init_weights or FLAGS["scale"].present:
+        return
+    try:
+        recorded = load_weights(FLAGS.init_weights)[1].get("config", {}).get("scale")
+    except (OSError, ValueError):
+        return  # load_init_weights reports the file in one line
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
+        FLAGS.scale = float(recorded)
+
+
 def parse_settings(names: list[str]) -> tuple[tuple[int, int], ...]:
     """``["5w1s", "20w5s"]`` -> ``((5, 1), (20, 5))``, refusing names outside TEST_SETTINGS."""
     known = {f"{w}w{s}s": (w, s) for w, s in TEST_SETTINGS}
@@ -132,6 +147,7 @@ def main(argv):
     images = data.load_omniglot_images(FLAGS.data_dir, image_size=28)
     chosen, final, final_role = run_protocol(images)
     backend.set_threads(FLAGS.backend, FLAGS.threads or 0)
+    inherit_scale()
     learner = build_learner(FLAGS.backend, FLAGS.learner, chosen.train.num_classes)
     initial = load_init_weights(learner)
     trained_characters(chosen, initial, images)  # refuses --init_weights trained on the test classes

@@ -35,7 +35,7 @@ SMOKE = {
                                           "--curve_every=0.0001", "--curve_episodes=2", f"--out={out}/metrics.json",
                                           f"--checkpoint={out}/weights.safetensors"],
     "omniglot_pretrain.py": lambda b, out: [f"--backend={b}", *TINY, "--learner=baseline_pp", "--max_steps=3",
-                                            "--batch_size=8", "--episodes=2", "--head_steps=10", "--curve_every=0",
+                                            "--batch_size=8", "--episodes=2", "--head_steps=10", "--curve_every=0", "--scale=5",
                                             "--other_heads=prototype", f"--out={out}/metrics.json",
                                             f"--checkpoint={out}/weights.safetensors"],
 }
@@ -248,3 +248,5 @@ def test_omniglot_pretrain_example(backend, tmp_path):
     assert sorted(report["test"]) == sorted(report["test_other_heads"]["prototype"]) == ["20w1s", "20w5s", "5w1s", "5w5s"]
     _evaluate_in_the_other_backend("omniglot_pretrain.py", backend, tmp_path, "--learner=baseline_pp",
                                    "--head_steps=10")
+    # without --scale, the cosine head at test takes the scale the checkpoint was trained with
+    assert json.loads((tmp_path / "other.json").read_text())["config"]["scale"] == report["config"]["scale"] == 5

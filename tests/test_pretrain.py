@@ -246,3 +246,8 @@ def test_results_rows_of_the_pretrain_example(tmp_path):
     assert run.learner == "baseline_pp" and run.group == "baseline_pp_batch64_linear"
     assert run.trained_on == "batches of 64 images, linear head at test"
     assert collect_results.learner_name("baseline_pp") == "Baseline++ (transfer)"
+    report["config"]["scale"] = 20.0  # another cosine scale than Chen et al.'s 10: its own rows and plots
+    path.write_text(json.dumps(report))
+    (run,) = collect_results.read_runs(str(path), str(tmp_path))
+    assert run.group == "baseline_pp_batch64_linear_scale20"
+    assert run.trained_on == "batches of 64 images, linear head at test, cosine scale 20"
