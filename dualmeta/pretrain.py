@@ -77,7 +77,7 @@ class ViewBatches(ClassBatches):
 
     def __init__(self, dataset: ClassDataset, seed: int = 0, min_scale: float = 0.6, max_degrees: float = 10.0):
         super().__init__(dataset, seed)
-        self.min_scale, self.max_degrees = float(min_scale), float(max_degrees)
+        self.min_scale, self.max_degrees = check_augmentation(min_scale, max_degrees)
 
     def batch(self, index: int, size: int) -> ViewPair:
         if isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size < 2:
@@ -111,6 +111,19 @@ def check_class_ids(y, num_classes: int) -> None:
     if y.min() < 0 or y.max() >= num_classes:
         raise ValueError(f"Expected class ids in 0..{num_classes - 1}; received {int(y.min())} to "
                          f"{int(y.max())}: build the learner with num_classes = the training classes")
+
+
+def check_augmentation(min_scale, max_degrees) -> tuple[float, float]:
+    """``(min_scale, max_degrees)`` as floats; ``ValueError`` in one line unless ``0 < min_scale <= 1`` and
+    ``0 <= max_degrees < inf`` (the views of :func:`augment`)."""
+    min_scale, max_degrees = float(min_scale), float(max_degrees)
+    if not 0.0 < min_scale <= 1.0:
+        raise ValueError(f"Expected a crop area fraction 0 < min_scale <= 1 (0.6 by default; 1: no crop); "
+                         f"received min_scale={min_scale}")
+    if not 0.0 <= max_degrees < float("inf"):
+        raise ValueError(f"Expected a rotation bound max_degrees >= 0 in degrees (10 by default; 0: none); "
+                         f"received max_degrees={max_degrees}")
+    return min_scale, max_degrees
 
 
 def check_mask_ratio(mask_ratio) -> float:

@@ -56,6 +56,8 @@ flags.DEFINE_float("scale", 20.0, "baseline_pp: the cosine classifier's scale (d
                    "for the 4112 classes; Chen et al.'s code: 10 above 200 classes); with --init_weights and no "
                    "--scale: the scale the checkpoint was trained with.")
 flags.DEFINE_float("temperature", 0.5, "simclr: NT-Xent temperature.")
+flags.DEFINE_float("min_scale", 0.6, "simclr: the smallest crop of a view, as a fraction of the image area (1: none).")
+flags.DEFINE_float("max_degrees", 10.0, "simclr: the largest rotation of a view, in degrees (0: none).")
 flags.DEFINE_float("mask_ratio", 0.75, "mae: the fraction of each image hidden (strictly between 0 and 1).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "float64"], "Floating point type.")
 flags.DEFINE_integer("seed", 0, "Seed of the initial weights and the training batches.")
@@ -97,7 +99,8 @@ def build_learner(backend: str, learner: str, num_classes: int):
 def training_batches(learner: str, dataset):
     from dualmeta import pretrain
     if learner == "simclr":
-        return pretrain.ViewBatches(dataset, seed=FLAGS.seed)
+        return pretrain.ViewBatches(dataset, seed=FLAGS.seed, min_scale=FLAGS.min_scale,
+                                    max_degrees=FLAGS.max_degrees)
     if learner == "mae":
         return pretrain.MaskedBatches(dataset, seed=FLAGS.seed, mask_ratio=FLAGS.mask_ratio)
     return pretrain.ClassBatches(dataset, seed=FLAGS.seed)
@@ -139,6 +142,7 @@ def main(argv):
                              f"{FLAGS.batch_size} has no negatives; use --batch_size=2 or more")
     try:
         pretrain.check_mask_ratio(FLAGS.mask_ratio)
+        pretrain.check_augmentation(FLAGS.min_scale, FLAGS.max_degrees)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     if FLAGS.threads is not None and FLAGS.threads <= 0:
@@ -154,7 +158,8 @@ def main(argv):
     config = {name: FLAGS[name].value for name in (
         "backend", "learner", "minutes", "max_steps", "settings", "batch_size", "head", "head_lr", "head_steps", "other_heads", "test_queries", "episodes",
         "hidden", "meta_lr", "dtype", "seed", "eval_seed", "threads", "device", "init_weights")}
-    config.update({"baseline_pp": {"scale": FLAGS.scale}, "simclr": {"temperature": FLAGS.temperature},
+    config.update({"baseline_pp": {"scale": FLAGS.scale}, "simclr": {"temperature": FLAGS.temperature, "min_scale": FLAGS.min_scale,
+                                                                        "max_degrees": FLAGS.max_degrees},
                    "mae": {"mask_ratio": FLAGS.mask_ratio}}.get(FLAGS.learner, {}))
     config.update(test_norm="running", batch_norm_at_test=protocol.BATCH_NORM_AT_TEST["running"],
                   split=FLAGS.split, train_on=FLAGS.train_on, evaluate_on=FLAGS.evaluate_on,

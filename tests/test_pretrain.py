@@ -73,6 +73,16 @@ def test_mask_ratio_outside_the_open_interval_is_refused(ratio):
         pretrain.MaskedBatches(dataset(), mask_ratio=ratio)
 
 
+@pytest.mark.parametrize("min_scale, max_degrees, match", [(0, 10, "0 < min_scale <= 1"), (1.5, 10, "min_scale"),
+                                                           (0.5, -1, "max_degrees >= 0"),
+                                                           (0.5, float("inf"), "max_degrees")])
+def test_view_augmentations_outside_their_range_are_refused(min_scale, max_degrees, match):
+    with pytest.raises(ValueError, match=match):
+        pretrain.ViewBatches(dataset(), min_scale=min_scale, max_degrees=max_degrees)
+    views = pretrain.ViewBatches(dataset(), min_scale=0.3, max_degrees=30).batch(0, 4)  # stronger views: drawn
+    assert views.view_a.shape == views.view_b.shape and not np.array_equal(views.view_a, views.view_b)
+
+
 # --- the learners ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
