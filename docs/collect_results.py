@@ -368,6 +368,8 @@ def read_runs(path: str, results_dir: str, role: str = "test") -> list[Run]:
         trained_on = f"{ways}-way {shots}-shot, {queries} {'query' if queries == 1 else 'queries'}/class"
         if isinstance(config.get("meta_batch_size"), int):
             trained_on += f", {config['meta_batch_size']} tasks/step"
+            if config["meta_batch_size"] != 32:  # not the example's default: its own plots
+                suffix = f"_mb{config['meta_batch_size']}"
         if isinstance(config.get("inner_batch_size"), int):
             trained_on += f", inner minibatches of {config['inner_batch_size']}"
         reduction = config.get("inner_reduction")
