@@ -27,8 +27,9 @@ The model-based learners (``lstm``, ``snail``) have no inner loop (the ``inner_*
 and read the episodes of task sets wrapped in :class:`dualmeta.sequences.ShuffledSupport` (support order
 shuffled by address). On Omniglot they embed images with a max-pool conv4 of ``hidden`` channels (running
 batch-norm statistics, used at evaluation, so queries are embedded independently); the LSTM has 128 units
-(forget-gate bias 1 at the start), SNAIL the paper's sizes; the head has ``max(ways, train_ways)`` outputs and SNAIL reads support sets of up
-to ``max(ways * shots, train_ways * train_shots)`` examples. On the sinusoid they read the raw ``(x, y)``.
+(forget-gate bias 1 at the start), SNAIL the paper's sizes; the head has ``max(ways, train_ways)`` outputs
+and SNAIL reads support sets of up to ``max(ways * shots, train_ways * train_shots)`` examples. On the
+sinusoid they read the raw ``(x, y)``.
 
 Episodes are addressed by (seed, index): training batches come from ``seed``, validation episodes from
 ``seed + VAL_SEED_OFFSET`` and evaluation episodes from the fixed ``EVAL_SEED``, so the three never share
