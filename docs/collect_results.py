@@ -350,6 +350,10 @@ def read_runs(path: str, results_dir: str, role: str = "test") -> list[Run]:
         if learner == "baseline_pp" and _is_number(scale) and scale != 10:  # 10: Chen et al.'s (the first runs)
             trained_on += f", cosine scale {scale:g}"  # runs that differ only in the scale get their own plots
             suffix += f"_scale{scale:g}"
+        temperature = config.get("temperature")
+        if learner == "simclr" and _is_number(temperature) and temperature != 0.5:  # 0.5: the first runs
+            trained_on += f", temperature {temperature:g}"
+            suffix += f"_t{temperature:g}"
         curve_setting = "5w1s"
     elif learner in METRIC_LEARNERS or "train_ways" in config:
         script = "examples/omniglot_metric.py"
@@ -658,6 +662,40 @@ def cross_backend_section(results_dir: str) -> list[str]:
          "Accuracy % in the other backend", "Same", "Test episodes", "Measured", "Command"], rows) + [""]
 
 
+def seeds_section(results_dir: str, tasks: str) -> list[str]:
+    """``compare --seeds=N --report=results/seeds/<name>.json`` files of ``tasks``: each backend's final metric
+    over the seeds, and whether the backends agree within the spread between seeds."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "seeds", "*.json"))):
+        data = load_json(path)
+        if field(data, path, "config.tasks", str) != tasks:
+            continue
+        config, metric = data["config"], field(data, path, "metric", str)
+        prov = provenance(data, path, lambda: (field(data, path, "measured.command", str), False))
+        spread = {b: (field(data, path, f"backends.{b}.mean", NUMBER), field(data, path, f"backends.{b}.std", NUMBER))
+                  for b in BACKENDS}
+        test = field(data, path, "welch_tf_minus_torch", dict)
+        scale, unit = (100, " %") if metric == "accuracy" else (1, "")
+        setting = (f"{config.get('ways')}-way {config.get('shots')}-shot" if tasks == "omniglot"
+                   else f"{config.get('shots')} shots")
+        rows.append([learner_name(field(data, path, "config.learner", str)), setting, config.get("steps"),
+                     len(field(data, path, "seeds", list)), config.get("dtype"),
+                     *(f"{m * scale:.4g} ± {sd * scale:.2g}{unit}" for m, sd in spread.values()),
+                     f"{test['difference'] * scale:.3g} [{test['ci95'][0] * scale:.3g}, {test['ci95'][1] * scale:.3g}]",
+                     f"{test['p']:.3g}", "agree" if data.get("agree") else "differ",
+                     str(field(data, path, "parity", str)), prov.date, command_cell(prov)])
+    if not rows:
+        return []
+    return ["## The backends across seeds", "",
+            "`python -m dualmeta compare --seeds=N`: for each seed both backends train from that seed's neutral "
+            "weights on that seed's episodes; the final metric of each backend over the seeds (mean ± standard "
+            "deviation), and Welch's two-sample test of the gap between them against the spread between seeds "
+            "(difference tf - torch with its 95% interval, p). \"agree\": p >= 0.05 and the interval contains 0. "
+            "Parity: the per-step trajectory check of every seed.", ""] + table(
+        ["Learner", "Setting", "Steps", "Seeds", "dtype", "PyTorch", "TensorFlow", "tf - torch [95% CI]", "p",
+         "Backends", "Per-step parity", "Measured", "Command"], rows) + [""]
+
+
 def omniglot_page(results_dir: str, img_dir: str) -> str:
     paths = sorted(glob.glob(os.path.join(results_dir, "omniglot", "*.json")))
     runs = sorted((r for p in paths for r in read_runs(p, results_dir)), key=run_order)
@@ -693,6 +731,7 @@ def omniglot_page(results_dir: str, img_dir: str) -> str:
     if lake_runs or legacy_lake:
         lines += lake_section(lake_runs, legacy_lake)
     lines += cross_backend_section(results_dir)
+    lines += seeds_section(results_dir, "omniglot")
     lines += pilot_section(results_dir)
 
     lines += ["## Training curves", "",
@@ -783,7 +822,7 @@ def sinusoid_page(results_dir: str, img_dir: str) -> str:
         shutil.copyfile(figure, os.path.join(img_dir, "sinusoid_adaptation.png"))
         lines += ["![Adaptation to a new sine wave, both backends](img/sinusoid_adaptation.png)", "",
                   f"The figure is drawn by the same command (`{shown_path(figure, results_dir)}`).", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + seeds_section(results_dir, "sinusoid"))
 
 
 def speed_page(results_dir: str) -> str:

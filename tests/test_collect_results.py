@@ -230,6 +230,39 @@ def test_a_pretraining_run_shows_a_row_per_head(results, tmp_path):
                      r"prototype head at test \|", page)
 
 
+def test_simclr_runs_at_another_temperature_are_told_apart(results, tmp_path):
+    for temperature, accuracy in ((0.5, 0.8715), (0.2, 0.9101)):
+        data = maml_file("torch", accuracy)
+        data["config"] = {"backend": "torch", "learner": "simclr", "batch_size": 128, "head": "prototype",
+                          "minutes": 30.0, "episodes": 600, "threads": 1, "temperature": temperature}
+        write(results / "omniglot" / f"simclr_{temperature:g}_torch.json", data)
+    page = (build(results, tmp_path) / "omniglot.md").read_text()
+    assert re.search(r"\| SimCLR \(no labels\) \| PyTorch \| 87\.15 ± .* \| batches of 128 images, prototype head at "
+                     r"test \|", page)
+    assert re.search(r"\| SimCLR \(no labels\) \| PyTorch \| 91\.01 ± .* \| batches of 128 images, prototype head at "
+                     r"test, temperature 0\.2 \|", page)
+
+
+def test_a_comparison_over_seeds_gets_a_row(results, tmp_path):
+    found = {"measured": {"date": "2026-12-03T15:00:00+00:00",
+                          "command": "python -m dualmeta compare --tasks=omniglot --learner=protonet --seeds=3 "
+                                     "--report=results/seeds/protonet.json"},
+             "config": {"tasks": "omniglot", "learner": "protonet", "ways": 5, "shots": 1, "steps": 500,
+                        "dtype": "float32"},
+             "seeds": [0, 1, 2], "metric": "accuracy", "agree": True, "parity": "fail",
+             "backends": {"torch": {"mean": 0.9512, "std": 0.004}, "tf": {"mean": 0.9498, "std": 0.006}},
+             "welch_tf_minus_torch": {"difference": -0.0014, "ci95": [-0.0151, 0.0123], "p": 0.78}}
+    write(results / "seeds" / "protonet.json", found)
+    page = (build(results, tmp_path) / "omniglot.md").read_text()
+    assert ("| ProtoNet | 5-way 1-shot | 500 | 3 | float32 | 95.12 ± 0.4 % | 94.98 ± 0.6 % | "
+            "-0.14 [-1.51, 1.23] | 0.78 | agree | fail | 2026-12-03 15:00 UTC |") in page
+    assert "## The backends across seeds" not in (tmp_path / "site" / "sinusoid.md").read_text()
+    del found["welch_tf_minus_torch"]
+    write(results / "seeds" / "protonet.json", found)
+    with pytest.raises(collect.ResultsError, match=r"protonet\.json: .*welch_tf_minus_torch"):
+        collect.build(str(results), str(tmp_path / "other"))
+
+
 def test_parity_page_from_a_report(results, tmp_path):
     write(results / "parity.json", {
         "measured": {"date": "2026-11-23T00:00:00+00:00", "command": collect.PARITY_COMMAND},
