@@ -1,8 +1,9 @@
 """Twins from a neutral description (``dualmeta.twins``): the built-ins unchanged, ResNet-12 in parity.
 
-* ``mlp`` and ``conv4`` as descriptions list the same tensors as ``dualmeta.weights`` and, built by either
-  backend, give bit-identical outputs and gradients to the hand-written twins; a checkpoint written by the
-  old twins (``data/old_conv4.safetensors``, made with main at 45c92d3) loads and gives its recorded outputs.
+* ``mlp`` and ``conv4`` are descriptions: they list the same tensors as ``dualmeta.weights``, the builders
+  ``models.mlp`` / ``models.conv4`` give bit-identical outputs and gradients to ``models.build`` of the
+  description, and a checkpoint written by the hand-written twins they replaced (``data/old_conv4.safetensors``,
+  made with main at 45c92d3) loads and gives its recorded outputs.
 * ResNet-12 (a tiny variant by default: channels 4-4-8-8 on 16x16 images; the real size is slow-marked):
   forward, gradients and second order agree in float32 and float64 (``dualmeta.checkmodel``), and so do one
   MAML and one ProtoNet meta-step.
@@ -60,9 +61,9 @@ def test_builtin_descriptions_are_bit_identical(case, dtype):
 
 
 def test_an_old_checkpoint_loads_into_the_description_twins():
-    """The old checkpoint loads into the description twins. On this machine they give the hand-written twin's
-    outputs bit for bit. Against the outputs recorded on the machine that wrote the file, they agree to the
-    float64 forward tolerance: another CPU may take another vector path through a reduction. Measured
+    """The old checkpoint loads into the description twins, built by ``build`` and by ``conv4`` alike (bit for
+    bit). Against the outputs the hand-written twins recorded on the machine that wrote the file, they agree to
+    the float64 forward tolerance: another CPU may take another vector path through a reduction. Measured
     2026-12-03: batch norm's batch statistics came out 8.9e-16 off, for the hand-written twin as well."""
     weights, metadata = neutral.load_weights(os.path.join(DATA, "old_conv4.safetensors"))
     recorded = np.load(os.path.join(DATA, "old_conv4_outputs.npz"))

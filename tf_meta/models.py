@@ -1,4 +1,7 @@
-"""Twin models, TensorFlow side: ``mlp`` and ``conv4`` as Keras 3 models in the neutral weight format.
+"""Twin models, TensorFlow side: Keras 3 models built from ``dualmeta.twins`` descriptions, in the neutral format.
+
+``mlp`` and ``conv4`` are the built-in descriptions (``dualmeta.twins.mlp``, ``dualmeta.twins.conv4``) built
+by :class:`Twin`, like ``resnet12`` and a user's own; :class:`MLP` and :class:`Conv4` name them.
 
 Mirror of ``torch_meta/models.py``: the same builders, arguments, parameter names and numbers. Keras
 keeps its own layouts (HWIO convolution kernels, (in, out) dense kernels, NHWC maps); ``get_weights`` and
@@ -21,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dualmeta import twins as T
 from dualmeta import weights as neutral
 
 __all__ = ["BatchNorm", "MLP", "Conv4", "mlp", "conv4", "functional_call", "NORM_EPS", "NORM_MOMENTUM", "Twin", "build",
@@ -28,8 +32,6 @@ __all__ = ["BatchNorm", "MLP", "Conv4", "mlp", "conv4", "functional_call", "NORM
 
 NORM_EPS = 1e-5
 NORM_MOMENTUM = 0.1  # update rate: running = (1 - momentum) * running + momentum * batch_statistic
-
-_ACTIVATIONS = {"relu": tf.nn.relu, "softplus": tf.nn.softplus}
 
 # Neutral <-> Keras layouts, by tensor kind.
 # 'conv1d' (SNAIL's causal convolutions): neutral (out, in, k) as torch's Conv1d, Keras' Conv1D (k, in, out).
@@ -64,21 +66,7 @@ class _Param(keras.layers.Layer):
                            "running_mean": "zeros", "bias": "zeros"}.get(tensor.kind, "glorot_uniform")
             setattr(self, suffix, self.add_weight(shape=_keras_shape(tensor), initializer=initializer,
                                                   trainable=tensor.trainable, name=suffix))
-
-
-class _Dense(_Param):
-    def call(self, x):
-        return tf.matmul(x, self.weight) + self.bias
-
-
-class _Conv(_Param):
-    def __init__(self, spec, prefix, stride: int, **kwargs):
-        super().__init__(spec, prefix, **kwargs)
-        self.stride = stride
-
-    def call(self, x):
-        x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-        return tf.nn.conv2d(x, self.weight, strides=self.stride, padding="VALID")  # no bias: see conv4_spec
+        self.built = True  # its weights exist now; a twin reads them without calling the layer
 
 
 class BatchNorm(_Param):
@@ -146,59 +134,6 @@ class _Weights:
             variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
-class MLP(_Weights, keras.Model):
-    """``in -> hidden... -> out`` with ReLU between layers."""
-
-    def __init__(self, spec: neutral.ModelSpec, **kwargs):
-        super().__init__(name="mlp", **kwargs)
-        self.spec = spec
-        depth = len(spec.config["hidden"]) + 1
-        self.dense_layers = [_Dense(spec, f"layers.{i}", dtype=self.dtype_policy) for i in range(depth)]
-        self._param_layers = self.dense_layers
-        self.activation = _ACTIVATIONS[spec.config["activation"]]
-
-    def call(self, x, training=False, stats_rows=None):  # no norm: stats_rows is ignored
-        for i, layer in enumerate(self.dense_layers):
-            x = layer(x)
-            if i < len(self.dense_layers) - 1:
-                x = self.activation(x)
-        return x
-
-
-class Conv4(_Weights, keras.Model):
-    """Blocks of (3x3 conv, batch norm, ReLU, downsample), a flatten or mean head, an optional classifier.
-
-    ``call`` takes NHWC images and returns logits, or embeddings when there is no classifier.
-    """
-
-    def __init__(self, spec: neutral.ModelSpec, **kwargs):
-        super().__init__(name="conv4", **kwargs)
-        self.spec = spec
-        cfg = spec.config
-        stride = 2 if cfg["downsample"] == "stride" else 1
-        policy = self.dtype_policy
-        self.convs = [_Conv(spec, f"blocks.{i}.conv", stride, dtype=policy) for i in range(cfg["blocks"])]
-        self.norms = [BatchNorm(spec, f"blocks.{i}.norm", dtype=policy) for i in range(cfg["blocks"])]
-        self.head = _Dense(spec, "head", dtype=policy) if cfg["num_classes"] is not None else None
-        self._param_layers = self.convs + self.norms + ([self.head] if self.head is not None else [])
-        self.activation = _ACTIVATIONS[cfg["activation"]]
-
-    def embed(self, x, training=False, stats_rows=None):
-        """NHWC images -> feature vectors (before the classifier)."""
-        for conv, norm in zip(self.convs, self.norms):
-            x = self.activation(norm(conv(x), training=training, stats_rows=stats_rows))
-            if self.spec.config["downsample"] == "maxpool":
-                x = tf.nn.max_pool2d(x, 2, 2, "VALID")
-        if self.spec.config["head"] == "flatten":
-            x = tf.transpose(x, (0, 3, 1, 2))  # NHWC -> NCHW: the neutral (C, H, W) flatten order
-            return tf.reshape(x, (tf.shape(x)[0], -1))
-        return tf.reduce_mean(x, axis=(1, 2))
-
-    def call(self, x, training=False, stats_rows=None):
-        features = self.embed(x, training=training, stats_rows=stats_rows)
-        return features if self.head is None else self.head(features)
-
-
 def _build(model: keras.Model, example_shape: tuple[int, ...], init: str, seed: int, dtype: str):
     model(np.zeros((2,) + example_shape, dtype=dtype))  # creates the variables
     if init == "neutral":
@@ -263,14 +198,13 @@ class Twin(_Weights, keras.Model):
 
     def __init__(self, description, **kwargs):
         super().__init__(name=description.name, **kwargs)
-        from dualmeta import twins
-        self.description, self.spec, self._twins = description, description.spec(), twins
+        self.description, self.spec = description, description.spec()
         self._owners = {}
         self._make(description.layers)
         self._param_layers = list(self._owners.values())
 
     def _make(self, layers):
-        T, policy = self._twins, self.dtype_policy
+        policy = self.dtype_policy
         for layer in layers:
             if isinstance(layer, (T.Conv2d, T.Dense)):
                 self._owners[layer.name] = _Param(self.spec, layer.name, dtype=policy)
@@ -281,7 +215,6 @@ class Twin(_Weights, keras.Model):
                 self._make(layer.shortcut)
 
     def _run(self, layers, x, training, stats_rows, trace, prefix=""):
-        T = self._twins
         for label, layer in zip(T.layer_names(layers, prefix), layers):
             if isinstance(layer, T.Conv2d):
                 owner, p = self._owners[layer.name], layer.padding
@@ -317,6 +250,29 @@ class Twin(_Weights, keras.Model):
     def call(self, x, training=False, stats_rows=None):
         return self._run(self.description.layers, x, training, stats_rows, self.__dict__.get("_trace_sink"))
 
+    def embed(self, x, training=False, stats_rows=None):
+        """The features before the classifier: every layer but a last ``Dense`` named ``head``."""
+        layers = self.description.layers
+        if layers and isinstance(layers[-1], T.Dense) and layers[-1].name == "head":
+            layers = layers[:-1]
+        return self._run(layers, x, training, stats_rows, None)
+
+
+class MLP(Twin):
+    """The built-in MLP, ``in -> hidden... -> out`` (``dualmeta.twins.mlp``), from its ``dualmeta.weights`` spec."""
+
+    def __init__(self, spec: neutral.ModelSpec, **kwargs):
+        super().__init__(T.mlp(**spec.config), **kwargs)
+
+
+class Conv4(Twin):
+    """The built-in conv4 (``dualmeta.twins.conv4``): blocks of (3x3 conv, batch norm, activation, downsample),
+    a flatten or mean head, an optional classifier; from its ``dualmeta.weights`` spec. ``call`` takes NHWC
+    images and returns logits, or embeddings when there is no classifier."""
+
+    def __init__(self, spec: neutral.ModelSpec, **kwargs):
+        super().__init__(T.conv4(**spec.config), **kwargs)
+
 
 def build(description, dtype: str = "float32", init: str = "neutral", seed: int = 0) -> Twin:
     """The Keras twin of a ``dualmeta.twins.Description`` (neutral initial weights from ``seed``)."""
@@ -328,8 +284,7 @@ def resnet12(in_channels: int = 3, channels: tuple[int, ...] = (64, 160, 320, 64
              image_size: int = 84, track_running_stats: bool = False, slope: float = 0.1, dtype: str = "float32",
              init: str = "neutral", seed: int = 0) -> Twin:
     """ResNet-12 of ``dualmeta.twins.resnet12`` (see there for the arguments)."""
-    from dualmeta import twins
-    return build(twins.resnet12(in_channels, tuple(channels), num_classes, image_size, track_running_stats, slope),
+    return build(T.resnet12(in_channels, tuple(channels), num_classes, image_size, track_running_stats, slope),
                  dtype, init, seed)
 
 
@@ -337,8 +292,7 @@ def description(path: str, num_classes: int | None = None, in_channels: int = 1,
                 dtype: str = "float32", init: str = "neutral", seed: int = 0) -> Twin:
     """The twin of a user's description, ``'package.module:name'`` (``dualmeta.twins.load``), as
     ``--model=package.module:name`` builds it for every learner."""
-    from dualmeta import twins
-    return build(twins.load(path, num_classes=num_classes, ways=num_classes, in_channels=in_channels,
+    return build(T.load(path, num_classes=num_classes, ways=num_classes, in_channels=in_channels,
                             image_size=image_size), dtype, init, seed)
 
 def probe(description, weights: Mapping[str, np.ndarray], x: np.ndarray, direction: np.ndarray,

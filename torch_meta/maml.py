@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from dualmeta.episodes import Episode
 from torch_meta.core import INNER_REDUCTIONS, Learner, is_classification
-from torch_meta.models import MLP, _batched_call
+from torch_meta.models import _batched_call
 
 __all__ = ["MAML"]
 
@@ -177,7 +177,9 @@ class MAML(Learner):
         step overhead-bound (0.25 s vs 0.13-0.15 s for groups of 8, 32 tasks), while a whole meta-batch of
         80-image tasks outgrows the caches (3-5x slower than one by one; groups of 2-3 are ~17% faster).
         """
-        size = tasks if isinstance(self.model, MLP) else max(1, min(8, 256 // max(images, 1)))
+        description = getattr(self.model, "description", None)  # a twin's: vectors (an MLP) or images
+        vectors = description is not None and len(description.input_shape) == 1
+        size = tasks if vectors else max(1, min(8, 256 // max(images, 1)))
         return [slice(i, min(i + size, tasks)) for i in range(0, tasks, size)]
 
     def _step_gradients(self, batch: Episode):

@@ -1,4 +1,7 @@
-"""Twin models, PyTorch side: ``mlp`` and ``conv4`` as ``nn.Module``s in the neutral weight format.
+"""Twin models, PyTorch side: ``nn.Module``s built from ``dualmeta.twins`` descriptions, in the neutral weight format.
+
+``mlp`` and ``conv4`` are the built-in descriptions (``dualmeta.twins.mlp``, ``dualmeta.twins.conv4``) built
+by :class:`Twin`, like ``resnet12`` and a user's own; :class:`MLP` and :class:`Conv4` name them.
 
 Mirror of ``tf_meta/models.py``: the same builders, arguments, parameter names and numbers. Parameter
 names and layouts *are* the neutral ones (``dualmeta.weights``), so conversion is a copy. Images come in
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualmeta import twins as T
 from dualmeta import weights as neutral
 
 __all__ = ["BatchNorm", "MLP", "Conv4", "mlp", "conv4", "functional_call", "NORM_EPS", "NORM_MOMENTUM", "Twin", "build",
@@ -27,9 +31,6 @@ __all__ = ["BatchNorm", "MLP", "Conv4", "mlp", "conv4", "functional_call", "NORM
 
 NORM_EPS = 1e-5
 NORM_MOMENTUM = 0.1  # update rate: running = (1 - momentum) * running + momentum * batch_statistic
-
-
-_ACTIVATIONS = {"relu": F.relu, "softplus": F.softplus}
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:
@@ -87,66 +88,6 @@ class _Weights:
         with torch.no_grad():
             for name in self.spec.tensors:
                 state[name].copy_(torch.as_tensor(np.asarray(weights[name])))
-
-
-class MLP(_Weights, nn.Module):
-    """``in -> hidden... -> out`` with ReLU between layers."""
-
-    def __init__(self, spec: neutral.ModelSpec):
-        super().__init__()
-        self.spec = spec
-        cfg = spec.config
-        sizes = [cfg["in_features"], *cfg["hidden"], cfg["out_features"]]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.activation = _ACTIVATIONS[cfg["activation"]]
-
-    def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:  # no norm: ignored
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = self.activation(x)
-        return x
-
-
-class _Block(nn.Module):
-    def __init__(self, c_in: int, c_out: int, downsample: str, track_running_stats: bool, activation: str):
-        super().__init__()
-        self.downsample, self.activation = downsample, _ACTIVATIONS[activation]
-        self.conv = nn.Conv2d(c_in, c_out, 3, stride=2 if downsample == "stride" else 1, padding=1, bias=False)
-        self.norm = BatchNorm(c_out, track_running_stats=track_running_stats)
-
-    def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
-        x = self.activation(self.norm(self.conv(x), stats_rows))
-        return F.max_pool2d(x, 2) if self.downsample == "maxpool" else x
-
-
-class Conv4(_Weights, nn.Module):
-    """Blocks of (3x3 conv, batch norm, ReLU, downsample), a flatten or mean head, an optional classifier.
-
-    ``forward`` takes NHWC images and returns logits, or embeddings when there is no classifier.
-    """
-
-    def __init__(self, spec: neutral.ModelSpec):
-        super().__init__()
-        self.spec = spec
-        cfg = spec.config
-        channels = [cfg["in_channels"]] + [cfg["hidden"]] * cfg["blocks"]
-        self.blocks = nn.ModuleList(_Block(a, b, cfg["downsample"], cfg["track_running_stats"], cfg["activation"])
-                                    for a, b in zip(channels[:-1], channels[1:]))
-        self.head = None
-        if cfg["num_classes"] is not None:
-            self.head = nn.Linear(spec.tensors["head.weight"].shape[1], cfg["num_classes"])
-
-    def embed(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
-        """NHWC images -> feature vectors (before the classifier)."""
-        x = x.permute(0, 3, 1, 2)
-        for block in self.blocks:
-            x = block(x, stats_rows)
-        return x.flatten(1) if self.spec.config["head"] == "flatten" else x.mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
-        features = self.embed(x, stats_rows)
-        return features if self.head is None else self.head(features)
 
 
 def _build(module: nn.Module, init: str, seed: int, dtype: str) -> nn.Module:
@@ -208,42 +149,63 @@ def _batched_call(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch
     to its own images in one call, and a plain per-channel batch norm over that axis is exactly each task's
     batch norm. One big operation per layer instead of B small ones keeps both cores busy and removes the
     per-task Python loop; the numbers equal the loop's up to round-off (``parity_tests`` checks them).
+    Any twin's description runs this way; one with a :class:`dualmeta.twins.Function` layer (whose function
+    knows nothing of the task axis) runs one task at a time.
     """
-    if not isinstance(model, (MLP, Conv4)):  # a twin from a description: one task at a time
+    if not isinstance(model, Twin) or _has_function(model.description.layers):
         return torch.stack([functional_call(model, {n: p[b] for n, p in params.items()}, x[b])
                             for b in range(x.shape[0])])
-    activation = _ACTIVATIONS[model.spec.config["activation"]]
-    if isinstance(model, MLP):
-        h = x
-        for i in range(len(model.layers)):
-            h = torch.einsum("bni,boi->bno", h, params[f"layers.{i}.weight"]) + params[f"layers.{i}.bias"][:, None]
-            if i < len(model.layers) - 1:
-                h = activation(h)
-        return h
-    cfg = model.spec.config
     tasks, n = x.shape[:2]
-    h = x.permute(1, 0, 4, 2, 3).reshape(n, tasks * x.shape[4], x.shape[2], x.shape[3])
-    stride = 2 if cfg["downsample"] == "stride" else 1
-    for i in range(cfg["blocks"]):
-        w = params[f"blocks.{i}.conv.weight"]
-        h = F.conv2d(h, w.reshape((-1,) + tuple(w.shape[2:])), stride=stride, padding=1, groups=tasks)
-        # PyTorch's fused batch norm computes BatchNorm's formula (biased batch variance, gradient through
-        # both statistics, exact at second order) in one kernel; parity_tests hold it to the Keras twin.
-        h = activation(F.batch_norm(h, None, None, params[f"blocks.{i}.norm.weight"].reshape(-1),
-                                    params[f"blocks.{i}.norm.bias"].reshape(-1), training=True, eps=NORM_EPS))
-        if cfg["downsample"] == "maxpool":
-            h = F.max_pool2d(h, 2)
-    h = h.reshape(n, tasks, cfg["hidden"], h.shape[2], h.shape[3])
-    features = h.flatten(2) if cfg["head"] == "flatten" else h.mean(dim=(3, 4))  # (N, B, F)
-    if "head.weight" not in params:
-        return features.transpose(0, 1)
-    logits = torch.einsum("nbf,bof->bno", features, params["head.weight"]) + params["head.bias"][:, None]
-    return logits
+    if x.dim() == 5:  # (B, N, H, W, C) -> (N, B*C, H, W): task b's channels at b*C ... (b+1)*C - 1
+        h, layout = x.permute(1, 0, 4, 2, 3).reshape(n, tasks * x.shape[4], x.shape[2], x.shape[3]), "maps"
+    else:
+        h, layout = x, "bn"
+    h, layout = _batched_run(model.description.layers, params, h, layout, tasks)
+    return h.transpose(0, 1) if layout == "nb" else h
+
+
+def _has_function(layers) -> bool:
+    return any(isinstance(layer, T.Function)
+               or (isinstance(layer, T.Residual) and _has_function(layer.body + layer.shortcut)) for layer in layers)
+
+
+def _batched_run(layers, params, h, layout: str, tasks: int):
+    """The layers on B tasks at once. Layouts: ``maps`` (N, B*C, H, W), ``nb`` (N, B, F), ``bn`` (B, N, F)."""
+    for layer in layers:
+        if isinstance(layer, T.Conv2d):
+            w = params[f"{layer.name}.weight"]
+            bias = params[f"{layer.name}.bias"].reshape(-1) if layer.bias else None
+            h = F.conv2d(h, w.reshape((-1,) + tuple(w.shape[2:])), bias, stride=layer.stride, padding=layer.padding,
+                         groups=tasks)
+        elif isinstance(layer, T.BatchNorm):
+            # PyTorch's fused batch norm computes BatchNorm's formula (biased batch variance, gradient through
+            # both statistics, exact at second order) in one kernel; parity_tests hold it to the Keras twin.
+            h = F.batch_norm(h, None, None, params[f"{layer.name}.weight"].reshape(-1),
+                             params[f"{layer.name}.bias"].reshape(-1), training=True, eps=NORM_EPS)
+        elif isinstance(layer, T.Activation):
+            h = _TWIN_ACTIVATIONS[layer.kind](h, layer)
+        elif isinstance(layer, T.MaxPool):
+            h = F.max_pool2d(h, layer.size)
+        elif isinstance(layer, (T.Flatten, T.GlobalMean)):
+            h = h.reshape(h.shape[0], tasks, h.shape[1] // tasks, h.shape[2], h.shape[3])
+            h, layout = (h.flatten(2) if isinstance(layer, T.Flatten) else h.mean(dim=(3, 4))), "nb"
+        elif isinstance(layer, T.Dense):
+            w, b = params[f"{layer.name}.weight"], params[f"{layer.name}.bias"]
+            h = torch.einsum("nbf,bof->bno" if layout == "nb" else "bni,boi->bno", h, w) + b[:, None]
+            layout = "bn"
+        elif isinstance(layer, T.Residual):
+            body, _ = _batched_run(layer.body, params, h, layout, tasks)
+            h = body + (_batched_run(layer.shortcut, params, h, layout, tasks)[0] if layer.shortcut else h)
+    return h, layout
 
 
 # -- twins from a neutral description (dualmeta.twins) ------------------------------------------------------
 _TWIN_ACTIVATIONS = {"relu": lambda x, layer: F.relu(x), "softplus": lambda x, layer: F.softplus(x),
                      "leaky_relu": lambda x, layer: F.leaky_relu(x, layer.slope)}
+
+
+# Layers whose output is a new tensor that their backward does not keep: ReLU may overwrite it in place.
+_MADE_ANEW = (T.Conv2d, T.BatchNorm, T.Dense, T.Residual)
 
 
 class _Tensors(nn.Module):
@@ -277,12 +239,10 @@ class Twin(_Weights, nn.Module):
 
     def __init__(self, description):
         super().__init__()
-        from dualmeta import twins
-        self.description, self.spec, self._twins = description, description.spec(), twins
+        self.description, self.spec = description, description.spec()
         self._make(description.layers)
 
     def _make(self, layers):
-        T = self._twins
         for layer in layers:
             if isinstance(layer, T.Conv2d):
                 shapes = {"weight": (layer.out_channels, layer.in_channels, layer.kernel, layer.kernel)}
@@ -301,17 +261,30 @@ class Twin(_Weights, nn.Module):
     def _get(self, name: str) -> nn.Module:
         return self.get_submodule(name)
 
-    def _run(self, layers, x, stats_rows, trace, prefix=""):
-        T = self._twins
-        for label, layer in zip(T.layer_names(layers, prefix), layers):
+    def _run(self, layers, x, stats_rows, trace, prefix="", norm=None):
+        """``layers`` on NCHW (or flat) ``x``. ``norm(module, x)``, if given, replaces the batch norms' own call.
+
+        Without a ``trace``, an activation followed by a max-pool runs after it (a non-decreasing activation
+        commutes with the max exactly, values and gradients alike, and then touches a quarter of the
+        elements), and ReLU overwrites this list's own intermediate in place.
+        """
+        labels, i = T.layer_names(layers, prefix), 0
+        while i < len(layers):
+            label, layer = labels[i], layers[i]
             if isinstance(layer, T.Conv2d):
                 m = self._get(layer.name)
                 x = F.conv2d(x, m.weight, getattr(m, "bias", None) if layer.bias else None, stride=layer.stride,
                              padding=layer.padding)
             elif isinstance(layer, T.BatchNorm):
-                x = self._get(layer.name)(x, stats_rows)
+                m = self._get(layer.name)
+                x = m(x, stats_rows) if norm is None else norm(m, x)
             elif isinstance(layer, T.Activation):
-                x = _TWIN_ACTIVATIONS[layer.kind](x, layer)
+                fresh = trace is None and i > 0 and isinstance(layers[i - 1], _MADE_ANEW)
+                if trace is None and i + 1 < len(layers) and isinstance(layers[i + 1], T.MaxPool) and (
+                        layer.kind != "leaky_relu" or layer.slope >= 0):
+                    i, fresh = i + 1, True
+                    x = F.max_pool2d(x, layers[i].size)
+                x = F.relu_(x) if layer.kind == "relu" and fresh else _TWIN_ACTIVATIONS[layer.kind](x, layer)
             elif isinstance(layer, T.MaxPool):
                 x = F.max_pool2d(x, layer.size)
             elif isinstance(layer, T.Flatten):
@@ -322,19 +295,45 @@ class Twin(_Weights, nn.Module):
                 m = self._get(layer.name)
                 x = F.linear(x, m.weight, m.bias)
             elif isinstance(layer, T.Residual):
-                body = self._run(layer.body, x, stats_rows, trace, label + ".")
-                x = body + (self._run(layer.shortcut, x, stats_rows, trace, label + ".shortcut.")
+                body = self._run(layer.body, x, stats_rows, trace, label + ".", norm)
+                x = body + (self._run(layer.shortcut, x, stats_rows, trace, label + ".shortcut.", norm)
                             if layer.shortcut else x)
             elif isinstance(layer, T.Function):
                 x = T.resolve(layer.torch)(x)
             if trace is not None:
                 trace.append((label, x.permute(0, 2, 3, 1) if x.dim() == 4 else x))
+            i += 1
         return x
 
     def forward(self, x: torch.Tensor, stats_rows: int | None = None, trace: list | None = None) -> torch.Tensor:
         if len(self.description.input_shape) == 3:
             x = x.permute(0, 3, 1, 2)  # NHWC (neutral) -> NCHW
         return self._run(self.description.layers, x, stats_rows, trace)
+
+    def embed(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
+        """The features before the classifier: every layer but a last ``Dense`` named ``head``."""
+        layers = self.description.layers
+        if layers and isinstance(layers[-1], T.Dense) and layers[-1].name == "head":
+            layers = layers[:-1]
+        if len(self.description.input_shape) == 3:
+            x = x.permute(0, 3, 1, 2)
+        return self._run(layers, x, stats_rows, None)
+
+
+class MLP(Twin):
+    """The built-in MLP, ``in -> hidden... -> out`` (``dualmeta.twins.mlp``), from its ``dualmeta.weights`` spec."""
+
+    def __init__(self, spec: neutral.ModelSpec):
+        super().__init__(T.mlp(**spec.config))
+
+
+class Conv4(Twin):
+    """The built-in conv4 (``dualmeta.twins.conv4``): blocks of (3x3 conv, batch norm, activation, downsample),
+    a flatten or mean head, an optional classifier; from its ``dualmeta.weights`` spec. ``forward`` takes NHWC
+    images and returns logits, or embeddings when there is no classifier."""
+
+    def __init__(self, spec: neutral.ModelSpec):
+        super().__init__(T.conv4(**spec.config))
 
 
 def build(description, dtype: str = "float32", init: str = "neutral", seed: int = 0) -> Twin:
@@ -346,8 +345,7 @@ def resnet12(in_channels: int = 3, channels: tuple[int, ...] = (64, 160, 320, 64
              image_size: int = 84, track_running_stats: bool = False, slope: float = 0.1, dtype: str = "float32",
              init: str = "neutral", seed: int = 0) -> Twin:
     """ResNet-12 of ``dualmeta.twins.resnet12`` (see there for the arguments)."""
-    from dualmeta import twins
-    return build(twins.resnet12(in_channels, tuple(channels), num_classes, image_size, track_running_stats, slope),
+    return build(T.resnet12(in_channels, tuple(channels), num_classes, image_size, track_running_stats, slope),
                  dtype, init, seed)
 
 
@@ -355,8 +353,7 @@ def description(path: str, num_classes: int | None = None, in_channels: int = 1,
                 dtype: str = "float32", init: str = "neutral", seed: int = 0) -> Twin:
     """The twin of a user's description, ``'package.module:name'`` (``dualmeta.twins.load``), as
     ``--model=package.module:name`` builds it for every learner."""
-    from dualmeta import twins
-    return build(twins.load(path, num_classes=num_classes, ways=num_classes, in_channels=in_channels,
+    return build(T.load(path, num_classes=num_classes, ways=num_classes, in_channels=in_channels,
                             image_size=image_size), dtype, init, seed)
 
 def probe(description, weights: Mapping[str, np.ndarray], x: np.ndarray, direction: np.ndarray,
