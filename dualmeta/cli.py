@@ -560,9 +560,13 @@ def cmd_compare() -> int:
             return code
     if not _lead("torch"):
         return 0
+    from dualmeta.budget import provenance
     summary = sd.seeds_summary(reports, "accuracy" if experiment.classification else "mse")
     config = {k: v for k, v in experiment.to_dict().items() if k not in ("backend", "data_dir", "seed")}
-    rep.write_json(os.path.join(logdir, "compare-seeds.json"), {"config": config, **summary})
+    found = {"measured": provenance("-m dualmeta"), "config": config, **summary}
+    rep.write_json(os.path.join(logdir, "compare-seeds.json"), found)
+    if FLAGS.report:  # e.g. results/seeds/<name>.json, for the results pages
+        _write_report(FLAGS.report, found)
     ckpt.atomic_write_text(os.path.join(logdir, "compare-seeds.md"), sd.seeds_markdown(summary, config))
     test = summary["welch_tf_minus_torch"]
     print(f"seeds {summary['seeds'][0]}-{summary['seeds'][-1]}: backends {'AGREE' if summary['agree'] else 'DIFFER'} "

@@ -288,9 +288,12 @@ def test_compare_seeds_reports_seed_to_seed_error_bars(tmp_path):
     against the spread between seeds, explained in one sentence; the float64 twins agree."""
     logdir = tmp_path / "cmp"
     result = run_cli("compare", "--seeds=3", "--seed=4", "--steps=4", "--hidden=8", "--meta_batch_size=2",
-                     "--episodes=5", f"--logdir={logdir}", "--noprogress", cwd=tmp_path, check=0)
+                     "--episodes=5", f"--logdir={logdir}", "--noprogress", "--report=seeds/sinusoid.json",
+                     cwd=tmp_path, check=0)
     assert "seeds 4-6: backends AGREE" in result.stdout and seeds.STATISTIC in result.stdout
     summary = json.loads((logdir / "compare-seeds.json").read_text())
+    assert json.loads((tmp_path / "seeds" / "sinusoid.json").read_text()) == summary  # for results/seeds/
+    assert summary["measured"]["command"].startswith("python -m dualmeta compare --seeds=3 --seed=4 ")
     assert summary["seeds"] == [4, 5, 6] and summary["metric"] == "mse" and summary["parity"] == "pass"
     for seed in (4, 5, 6):
         one = json.loads((logdir / f"seed-{seed}" / "compare.json").read_text())
