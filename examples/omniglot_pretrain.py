@@ -156,10 +156,12 @@ def main(argv):
     initial = load_init_weights(learner)
     trained_characters(chosen, initial, images)  # refuses --init_weights trained on the test classes
     config = {name: FLAGS[name].value for name in (
-        "backend", "learner", "minutes", "max_steps", "settings", "batch_size", "head", "head_lr", "head_steps", "other_heads", "test_queries", "episodes",
-        "hidden", "meta_lr", "dtype", "seed", "eval_seed", "threads", "device", "init_weights")}
-    config.update({"baseline_pp": {"scale": FLAGS.scale}, "simclr": {"temperature": FLAGS.temperature, "min_scale": FLAGS.min_scale,
-                                                                        "max_degrees": FLAGS.max_degrees},
+        "backend", "learner", "minutes", "max_steps", "settings", "batch_size", "head", "head_lr", "head_steps",
+        "other_heads", "test_queries", "episodes", "hidden", "meta_lr", "dtype", "seed", "eval_seed", "threads",
+        "device", "init_weights")}
+    config.update({"baseline_pp": {"scale": FLAGS.scale},
+                   "simclr": {"temperature": FLAGS.temperature, "min_scale": FLAGS.min_scale,
+                              "max_degrees": FLAGS.max_degrees},
                    "mae": {"mask_ratio": FLAGS.mask_ratio}}.get(FLAGS.learner, {}))
     config.update(test_norm="running", batch_norm_at_test=protocol.BATCH_NORM_AT_TEST["running"],
                   split=FLAGS.split, train_on=FLAGS.train_on, evaluate_on=FLAGS.evaluate_on,
