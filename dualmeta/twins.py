@@ -118,6 +118,11 @@ class Description(NamedTuple):
     layers: tuple
     config: dict | None = None
 
+    def features(self) -> tuple:
+        """The layers without a last ``Dense`` named ``head``: what ``embed`` runs (the features)."""
+        last = self.layers[-1] if self.layers else None
+        return self.layers[:-1] if isinstance(last, Dense) and last.name == "head" else self.layers
+
     def spec(self) -> neutral.ModelSpec:
         tensors = {}
         _tensors(self.layers, tensors)

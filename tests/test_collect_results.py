@@ -217,10 +217,15 @@ def test_a_memory_benchmark_gets_a_memory_table(results, tmp_path):
         collect.build(str(results), str(tmp_path / "other"))
 
 
+def pretrain_file(accuracy: float, **config):
+    """A run of examples/omniglot_pretrain.py (PyTorch, 30 minutes, 600 episodes) with ``config``."""
+    data = maml_file("torch", accuracy)
+    data["config"] = {"backend": "torch", "minutes": 30.0, "episodes": 600, "threads": 1, **config}
+    return data
+
+
 def test_a_pretraining_run_shows_a_row_per_head(results, tmp_path):
-    data = maml_file("torch", 0.9044)
-    data["config"] = {"backend": "torch", "learner": "baseline", "batch_size": 64, "head": "linear",
-                      "minutes": 30.0, "episodes": 600, "threads": 1}
+    data = pretrain_file(0.9044, learner="baseline", batch_size=64, head="linear")
     data["test_other_heads"] = {"prototype": {"5w1s": {"accuracy": stat(0.9753, 0.003, 600)}}}
     write(results / "omniglot" / "baseline_torch.json", data)
     page = (build(results, tmp_path) / "omniglot.md").read_text()
@@ -232,9 +237,7 @@ def test_a_pretraining_run_shows_a_row_per_head(results, tmp_path):
 
 def test_simclr_runs_at_another_temperature_are_told_apart(results, tmp_path):
     for temperature, accuracy in ((0.5, 0.8715), (0.2, 0.9101)):
-        data = maml_file("torch", accuracy)
-        data["config"] = {"backend": "torch", "learner": "simclr", "batch_size": 128, "head": "prototype",
-                          "minutes": 30.0, "episodes": 600, "threads": 1, "temperature": temperature}
+        data = pretrain_file(accuracy, learner="simclr", batch_size=128, head="prototype", temperature=temperature)
         write(results / "omniglot" / f"simclr_{temperature:g}_torch.json", data)
     page = (build(results, tmp_path) / "omniglot.md").read_text()
     assert re.search(r"\| SimCLR \(no labels\) \| PyTorch \| 87\.15 ± .* \| batches of 128 images, prototype head at "

@@ -252,10 +252,7 @@ class Twin(_Weights, keras.Model):
 
     def embed(self, x, training=False, stats_rows=None):
         """The features before the classifier: every layer but a last ``Dense`` named ``head``."""
-        layers = self.description.layers
-        if layers and isinstance(layers[-1], T.Dense) and layers[-1].name == "head":
-            layers = layers[:-1]
-        return self._run(layers, x, training, stats_rows, None)
+        return self._run(self.description.features(), x, training, stats_rows, None)
 
 
 class MLP(Twin):

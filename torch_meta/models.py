@@ -312,12 +312,9 @@ class Twin(_Weights, nn.Module):
 
     def embed(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
         """The features before the classifier: every layer but a last ``Dense`` named ``head``."""
-        layers = self.description.layers
-        if layers and isinstance(layers[-1], T.Dense) and layers[-1].name == "head":
-            layers = layers[:-1]
         if len(self.description.input_shape) == 3:
             x = x.permute(0, 3, 1, 2)
-        return self._run(layers, x, stats_rows, None)
+        return self._run(self.description.features(), x, stats_rows, None)
 
 
 class MLP(Twin):
