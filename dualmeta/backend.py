@@ -229,4 +229,7 @@ def make_learner(backend: str, learner: str, model_name: str, model_config: dict
     ``learner_args`` go to the learner's constructor."""
     cls = learner_class(backend, learner)
     model = build_model(backend, model_name, model_config, dtype=dtype, seed=seed, device=device)
-    return cls(model, **(learner_args or {}))
+    learner = cls(model, **(learner_args or {}))
+    if getattr(learner, "draws_drop_masks", False):
+        learner.drop_seed = int(seed)  # DropBlock masks by address: (seed, step, task)
+    return learner

@@ -105,6 +105,9 @@ flags.DEFINE_enum("head", None, ["prototype", "linear", "finetune"], "baseline, 
                   "whole network).")
 flags.DEFINE_float("mask_ratio", None, "mae: the fraction of each image hidden, strictly between 0 and 1 "
                    "(default 0.75).")
+flags.DEFINE_float("drop_rate", None, "protonet, matchingnet with --model=resnet12: DropBlock after each block "
+                   "(blocks of 5x5 units in the last two, dropout in the first two), about this fraction dropped in "
+                   "training; masks drawn in numpy by address, the same in both backends (0.1 is usual).")
 flags.DEFINE_string("device", "cpu", "torch device: cpu, cuda, cuda:N or mps (the model moves there and the "
                     "learner follows it). torch only: TensorFlow places operations on a visible GPU by itself.")
 
@@ -118,7 +121,7 @@ EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 _EXPERIMENT_FLAGS = ("split", "ways", "shots", "queries", "train_ways", "train_shots", "train_queries",
                      "meta_batch_size", "inner_steps", "test_inner_steps", "inner_lr", "meta_lr",
                      "inner_reduction", "inner_batch_size", "recompute_inner_steps", "steps", "seed", "dtype", "hidden",
-                     "activation", "lr_decay_every", "data_dir", "mask_ratio")
+                     "activation", "lr_decay_every", "data_dir", "mask_ratio", "drop_rate")
 
 _NOT_INHERITED = ("train_ways", "train_shots", "train_queries", "data_dir")  # evaluate: not from the checkpoint
 _SHAPE_FLAGS = ("split", "ways", "shots", "queries", "dtype", "hidden", "activation")  # ... when it had another learner

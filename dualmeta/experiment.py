@@ -93,7 +93,8 @@ _LEARNER_DEFAULTS = {"reptile": dict(inner_steps=5, meta_lr=1.0),
 # Settings that change what is trained: --resume refuses a run whose values differ from the checkpoint's.
 DEFINING = ("backend", "learner", "tasks", "split", "ways", "shots", "queries", "train_ways", "train_shots",
             "train_queries", "meta_batch_size", "inner_steps", "inner_lr", "meta_lr", "inner_reduction",
-            "seed", "dtype", "hidden", "activation", "lr_decay_every", "inner_batch_size", "mask_ratio", "backbone")
+            "seed", "dtype", "hidden", "activation", "lr_decay_every", "inner_batch_size", "mask_ratio", "backbone",
+            "drop_rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +127,7 @@ class Experiment:
     recompute_inner_steps: bool = False  # maml, metasgd, anil: rebuild each inner step's graph in backward
     mask_ratio: float | None = None  # mae: the fraction of each image hidden (default 0.75)
     backbone: str = "conv4"  # classification twin: conv4, resnet12 or 'package.module:name' (--model; issue 17)
+    drop_rate: float | None = None  # resnet12 with protonet/matchingnet: DropBlock's rate (dualmeta.twins.DropBlock)
 
     # -- what to build ------------------------------------------------------------------------------
     @property
@@ -173,9 +175,10 @@ class Experiment:
     def _resnet12(self) -> tuple[str, dict]:
         """ResNet-12 with widths (h, 2.5h, 5h, 10h) for ``hidden`` h (64: the paper's 64-160-320-640)."""
         h = self.hidden
+        drop = dict(drop_rate=self.drop_rate) if self.drop_rate else {}
         return "resnet12", dict(**self.image, channels=[h, h * 5 // 2, h * 5, h * 10],
                                 num_classes=None if self.metric else self.ways,
-                                track_running_stats=self.metric)
+                                track_running_stats=self.metric, **drop)
 
     def _sequence_model(self) -> tuple[str, dict]:
         if self.tasks == "sinusoid":
@@ -322,6 +325,15 @@ def resolve(backend: str, learner: str = "maml", tasks: str = "sinusoid", **give
     elif backbone not in BACKBONES:
         raise ValueError(f"Expected --model among {list(BACKBONES)} or a twin description 'package.module:name' "
                          f"(see docs/own-model.md); received --model={backbone}")
+    if "drop_rate" in given:
+        rate = given["drop_rate"]
+        if backbone != "resnet12" or learner not in METRIC_LEARNERS:
+            raise ValueError(f"--drop_rate is DropBlock in ResNet-12 for {' and '.join(METRIC_LEARNERS)} (they draw its "
+                             f"masks); drop it for --model={backbone} --learner={learner}")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise ValueError(f"Expected 0 <= --drop_rate < 1 (0.1 is usual); received --drop_rate={rate}")
+        if not rate:
+            del given["drop_rate"]
     if backbone != "conv4" and (tasks == "sinusoid" or learner in SEQUENCE_LEARNERS):
         raise ValueError(f"--model={backbone} is an image backbone for the MAML family and the metric learners; "
                          f"drop it for --tasks={tasks} --learner={learner}")
@@ -427,6 +439,9 @@ def _resolve_pretrain(backend: str, learner: str, tasks: str, given: dict) -> Ex
     if given.get("recompute_inner_steps"):
         raise ValueError(f"--recompute_inner_steps saves the second-order graph of {', '.join(SECOND_ORDER)}; "
                          f"--learner={learner} has no inner loop: drop it")
+    if "drop_rate" in given:
+        raise ValueError(f"--drop_rate is DropBlock in ResNet-12 for {' and '.join(METRIC_LEARNERS)}; drop it for "
+                         f"--learner={learner}")
     if "mask_ratio" in given and learner != "mae":
         raise ValueError(f"--mask_ratio applies to --learner=mae; drop it for --learner={learner}")
     settings = {**_OMNIGLOT_PRETRAIN, "split": "vinyals", **given}

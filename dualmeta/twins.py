@@ -37,10 +37,13 @@ import importlib
 import inspect
 from typing import NamedTuple
 
+import numpy as np
+
 from dualmeta import weights as neutral
 
-__all__ = ["Conv2d", "BatchNorm", "Activation", "MaxPool", "Flatten", "GlobalMean", "Dense", "Residual",
-           "Function", "Description", "ACTIVATIONS", "mlp", "conv4", "resnet12", "load", "layer_names"]
+__all__ = ["Conv2d", "BatchNorm", "Activation", "MaxPool", "Flatten", "GlobalMean", "Dense", "Residual", "DropBlock",
+           "Function", "Description", "ACTIVATIONS", "mlp", "conv4", "resnet12", "load", "layer_names", "drop_layers",
+           "drop_masks", "dropblock_mask", "check_drops"]
 
 ACTIVATIONS = ("relu", "softplus", "leaky_relu")
 
@@ -100,6 +103,17 @@ class Residual(NamedTuple):
     shortcut: tuple = ()
 
 
+class DropBlock(NamedTuple):
+    """DropBlock (Ghiasi et al. 2018) on a (N, H, W, C) map in training: square blocks of ``block`` x ``block``
+    units of each channel are zeroed, about a fraction ``rate`` of the units, and the rest rescaled by
+    (units / units kept). ``block=1`` is dropout. The masks are not drawn by the backends: the learner draws
+    them in numpy by address (:func:`drop_masks`) and hands the same arrays to both; without masks (evaluation)
+    the layer is the identity."""
+    name: str
+    rate: float
+    block: int = 5
+
+
 class Function(NamedTuple):
     """A parameter-free function per backend: ``torch`` and ``tf`` are ``'package.module:name'`` paths."""
     name: str
@@ -154,9 +168,14 @@ def _tensors(layers, tensors: dict) -> None:
         elif isinstance(layer, Activation):
             if layer.kind not in ACTIVATIONS:
                 raise ValueError(f"Expected one of {list(ACTIVATIONS)}; received activation={layer.kind!r}")
+        elif isinstance(layer, DropBlock):
+            if isinstance(layer.rate, bool) or not isinstance(layer.rate, (int, float)) or not 0 <= layer.rate < 1:
+                raise ValueError(f"Expected a DropBlock rate in [0, 1) (0.1 is usual); received {layer!r}")
+            if isinstance(layer.block, bool) or not isinstance(layer.block, int) or layer.block < 1:
+                raise ValueError(f"Expected a positive integer DropBlock block size (5 is usual); received {layer!r}")
         elif not isinstance(layer, (MaxPool, Flatten, GlobalMean, Function)):
             raise ValueError(f"Expected dualmeta.twins layers (Conv2d, BatchNorm, Activation, MaxPool, Flatten, "
-                             f"GlobalMean, Dense, Residual, Function); received {layer!r}")
+                             f"GlobalMean, Dense, Residual, DropBlock, Function); received {layer!r}")
 
 
 def layer_names(layers, prefix: str = "") -> list[str]:
@@ -166,6 +185,83 @@ def layer_names(layers, prefix: str = "") -> list[str]:
         label = layer.name or f"{prefix}{i}.{type(layer).__name__.lower()}"
         names.append(label)
     return names
+
+
+# -- DropBlock masks, drawn in numpy by address ---------------------------------------------------------
+def drop_layers(description: Description) -> list[tuple[DropBlock, tuple[int, int, int]]]:
+    """The active DropBlock layers (rate > 0) with the (H, W, C) shape of the map each one drops from."""
+    found = []
+    _walk_shapes(description.layers, tuple(description.input_shape), found)
+    return found
+
+
+def _walk_shapes(layers, shape: tuple, found: list) -> tuple:
+    for layer in layers:
+        if isinstance(layer, Conv2d):
+            h, w, _ = shape
+            size = lambda n: (n + 2 * layer.padding - layer.kernel) // layer.stride + 1
+            shape = (size(h), size(w), layer.out_channels)
+        elif isinstance(layer, MaxPool):
+            shape = (shape[0] // layer.size, shape[1] // layer.size, shape[2])
+        elif isinstance(layer, Residual):
+            start = shape
+            shape = _walk_shapes(layer.body, start, found)
+            _walk_shapes(layer.shortcut, start, found)
+        elif isinstance(layer, (Flatten, GlobalMean, Dense)):
+            shape = (None,)
+        elif isinstance(layer, DropBlock):
+            if len(shape) != 3 or shape[0] is None:
+                raise ValueError(f"DropBlock {layer.name!r} needs a (H, W, C) feature map; put it before "
+                                 "Flatten/GlobalMean/Dense")
+            if layer.rate > 0:
+                found.append((layer, shape))
+        elif isinstance(layer, Function):
+            if any(isinstance(later, DropBlock) for later in layers[layers.index(layer):]):
+                raise ValueError(f"DropBlock after the Function layer {layer.name!r}: its map shape is unknown; "
+                                 "put the DropBlock before the Function")
+    return shape
+
+
+def dropblock_mask(rng: np.random.Generator, shape: tuple, rate: float, block: int) -> np.ndarray:
+    """One DropBlock mask of ``shape`` (N, H, W, C), float64, already scaled by units / units kept.
+
+    Block centres are drawn where a whole block fits (the top-left corner in ``0..H-block``), each with
+    probability ``gamma = rate / block**2 * H*W / ((H-block+1) * (W-block+1))``, so that about ``rate`` of the
+    units fall in a block (Ghiasi et al.'s formula); a block wider than the map is cut to the map.
+    """
+    n, h, w, c = shape
+    block = min(int(block), h, w)
+    fit_h, fit_w = h - block + 1, w - block + 1
+    gamma = rate / block ** 2 * (h * w) / (fit_h * fit_w)
+    centres = rng.random((n, fit_h, fit_w, c)) < gamma
+    dropped = np.zeros(shape, dtype=bool)
+    for i in range(block):
+        for j in range(block):
+            dropped[:, i:i + fit_h, j:j + fit_w, :] |= centres
+    keep = (~dropped).astype(np.float64)
+    kept = keep.sum()
+    return keep * (keep.size / kept) if kept > 0 else keep
+
+
+def drop_masks(description: Description, tasks: int, images: int, seed: int, step: int) -> dict[str, np.ndarray]:
+    """The masks of every active DropBlock of ``description`` for one training step: ``(tasks, images, H, W, C)``
+    per layer name, float64 (the backend casts them), NHWC. By address: task ``t``'s masks are a pure function
+    of ``(seed, step, t)`` and the layer's position, so both backends (and a resumed run) drop the same units.
+    Empty if nothing drops."""
+    masks = {}
+    for position, (layer, (h, w, c)) in enumerate(drop_layers(description)):
+        masks[layer.name] = np.stack([dropblock_mask(
+            np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(step), t, position]))),
+            (int(images), h, w, c), float(layer.rate), int(layer.block)) for t in range(int(tasks))])
+    return masks
+
+
+def check_drops(model, learner: str) -> None:
+    """Refuses a twin with an active DropBlock for a learner that draws no masks (it would silently not drop)."""
+    description = getattr(model, "description", None)
+    if isinstance(description, Description) and drop_layers(description):
+        raise ValueError(f"{learner} does not draw DropBlock masks (protonet and matchingnet do); "
+                         "build the model with drop_rate=0 (drop --drop_rate)")
 
 
 def resolve(path: str):
@@ -241,7 +337,8 @@ def conv4(in_channels: int = 1, hidden: int = 64, num_classes: int | None = None
 
 
 def resnet12(in_channels: int = 3, channels: tuple[int, ...] = (64, 160, 320, 640), num_classes: int | None = None,
-             image_size: int = 84, track_running_stats: bool = False, slope: float = 0.1) -> Description:
+             image_size: int = 84, track_running_stats: bool = False, slope: float = 0.1, drop_rate: float = 0.0,
+             drop_block: int = 5) -> Description:
     """ResNet-12 (Oreshkin et al. 2018; Lee et al. 2019): residual blocks of three 3x3 convolutions.
 
     Each block ``b``: ``conv1 -> norm1 -> leaky ReLU -> conv2 -> norm2 -> leaky ReLU -> conv3 -> norm3``,
@@ -250,6 +347,10 @@ def resnet12(in_channels: int = 3, channels: tuple[int, ...] = (64, 160, 320, 64
     Names: ``blocks.{b}.conv{1,2,3}``, ``blocks.{b}.norm{1,2,3}``, ``blocks.{b}.shortcut.conv``,
     ``blocks.{b}.shortcut.norm``, ``head``. A tiny variant (``channels=(4, 4, 8, 8), image_size=16``) is
     what the parity tests run.
+
+    ``drop_rate > 0`` adds a :class:`DropBlock` after each block's max-pool (``blocks.{b}.drop``), as Lee et
+    al.'s MetaOptNet code places it: blocks of ``drop_block`` x ``drop_block`` in the last two blocks, single
+    units (dropout) in the first two. Only the metric learners draw its masks (``protonet``, ``matchingnet``).
     """
     channels = tuple(int(c) for c in channels)
     for name, value in dict(in_channels=in_channels, image_size=image_size).items():
@@ -268,10 +369,16 @@ def resnet12(in_channels: int = 3, channels: tuple[int, ...] = (64, 160, 320, 64
                 Conv2d(f"{p}.conv3", c, c), BatchNorm(f"{p}.norm3", c, track))
         shortcut = (Conv2d(f"{p}.shortcut.conv", c_in, c, kernel=1, padding=0), BatchNorm(f"{p}.shortcut.norm", c, track))
         layers += [Residual(p, body, shortcut), Activation("leaky_relu", slope), MaxPool(2)]
+        if drop_rate:
+            layers.append(DropBlock(f"{p}.drop", float(drop_rate), int(drop_block) if b >= len(channels) - 2 else 1))
         c_in = c
     layers.append(GlobalMean())
     if num_classes is not None:
         layers.append(Dense("head", c_in, int(num_classes)))
     config = dict(in_channels=int(in_channels), channels=channels, num_classes=num_classes,
                   image_size=int(image_size), track_running_stats=track, slope=float(slope))
+    if drop_rate:  # recorded only when set: a checkpoint of the plain ResNet-12 keeps its config
+        if isinstance(drop_rate, bool) or not 0 < drop_rate < 1:
+            raise ValueError(f"Expected 0 <= drop_rate < 1 (0.1 is usual); received drop_rate={drop_rate!r}")
+        config.update(drop_rate=float(drop_rate), drop_block=int(drop_block))
     return Description("resnet12", (int(image_size), int(image_size), int(in_channels)), tuple(layers), config)

@@ -6,7 +6,7 @@
   made with main at 45c92d3) loads and gives its recorded outputs.
 * ResNet-12 (a tiny variant by default: channels 4-4-8-8 on 16x16 images; the real size is slow-marked):
   forward, gradients and second order agree in float32 and float64 (``dualmeta.checkmodel``), and so do one
-  MAML and one ProtoNet meta-step.
+  MAML and one ProtoNet meta-step, and three ProtoNet training steps with DropBlock (masks by address).
 * ``check-model`` passes a user's twin (``examples/my_twins.py:tiny``) and fails a mismatched one, naming
   the layer.
 """
@@ -128,6 +128,42 @@ def test_resnet12_meta_step(learner, dtype):
     batch = episodes.stack_episodes([ep, ep])
     tf_grads, torch_grads = (_step(b, learner, dtype, batch) for b in ("tf", "torch"))
     assert_all_close(f"{learner}/meta_grads", tf_grads, torch_grads, tolerance("meta_grads", dtype))
+
+
+def _tiny_batch(dtype: str, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    flat = rng.standard_normal((9, 16, 16, 3)).astype(dtype)  # 3 classes x 3 images
+    labels = np.repeat(np.arange(3), 3)
+    support, query = [0, 3, 6], [1, 4, 7, 2, 5, 8]
+    return episodes.stack_episodes([episodes.Episode(flat[support], labels[support], flat[query], labels[query])] * 2)
+
+
+# DropBlock's masks are drawn in numpy by address (dualmeta.twins.drop_masks: seed, step, task), so both backends
+# drop the same units. ProtoNet with running statistics (as --model=resnet12 builds it), three training steps.
+@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
+def test_resnet12_dropblock_protonet_steps(dtype):
+    from dualmeta import backend as chooser
+    config = dict(TINY_RESNET, num_classes=None, track_running_stats=True, drop_block=2)
+    learners = {}
+    for backend, models in (("tf", tf_models), ("torch", torch_models)):
+        for rate in (0.3, 0.0):
+            learners[backend, rate] = chooser.learner_class(backend, "protonet")(
+                models.resnet12(**config, drop_rate=rate, dtype=dtype))
+    for step in range(3):
+        batch = _tiny_batch(dtype, seed=step)
+        metrics = {key: learner.meta_train_step(batch) for key, learner in learners.items()}
+        assert_all_close(f"dropblock/step{step}/loss", {"loss": np.float64(metrics["tf", 0.3]["loss"])},
+                         {"loss": np.float64(metrics["torch", 0.3]["loss"])}, tolerance("loss", dtype))
+        assert_all_close(f"dropblock/step{step}/weights", learners["tf", 0.3].get_weights(),
+                         learners["torch", 0.3].get_weights(), tolerance("meta_step", dtype))
+    assert metrics["torch", 0.3]["loss"] != metrics["torch", 0.0]["loss"]  # the masks were applied
+    # evaluation drops nothing: the dropping twin scores like a plain twin holding the same weights
+    plain = learners["torch", 0.0]
+    plain.set_weights(learners["torch", 0.3].get_weights())
+    episode = episodes.Episode(*(part[0] for part in _tiny_batch(dtype, seed=9)))
+    for backend in ("tf", "torch"):
+        assert learners[backend, 0.3].evaluate([episode])["loss"]["mean"] == pytest.approx(
+            plain.evaluate([episode])["loss"]["mean"], rel=tolerance("loss", dtype).value)
 
 
 def test_check_model_passes_a_user_twin_and_names_the_mismatched_layer():

@@ -68,11 +68,12 @@ def run_cli(*args, cwd, check):
 
 @pytest.mark.slow  # ~80 s of CPU (six CLI runs): over the default run's time budget
 def test_train_on_a_folder_with_resnet12_in_each_backend_and_evaluate_in_the_other(tmp_path):
-    """The acceptance check of issue 17, tiny: 2 steps of ProtoNet on ResNet-12 (widths 2-5-10-20)."""
+    """The acceptance check of issue 17, tiny: 2 steps of ProtoNet on ResNet-12 (widths 2-5-10-20), with DropBlock
+    in training (masks by address; evaluation drops nothing)."""
     _make(tmp_path / "images", classes=("a", "b", "c"), per_class=3)
     args = ["--tasks=folder", f"--data_dir={tmp_path / 'images'}", "--model=resnet12", "--learner=protonet",
             "--hidden=2", "--train_ways=3", "--ways=3", "--shots=1", "--queries=2", "--train_queries=2",
-            "--steps=2", "--episodes=3"]
+            "--steps=2", "--episodes=3", "--drop_rate=0.1"]
     for trained, other in (("torch", "tf"), ("tf", "torch")):
         run_cli("train", f"--backend={trained}", *args, f"--logdir={tmp_path / trained}", cwd=tmp_path, check=0)
         lines = [run_cli("evaluate", f"--backend={b}", f"--checkpoint={tmp_path / trained}", "--episodes=3",

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from dualmeta.episodes import Episode
+from dualmeta.twins import check_drops
 from dualmeta.metrics import summarize
 from dualmeta.protocol import TEST_NORMS, check_test_norm
 from dualmeta.weights import check_weights
@@ -131,9 +132,16 @@ class Learner:
     support set (the adapted weights run on support and queries together, the statistics come from the
     support rows) - each query is classified from the support set and itself alone. Models that track
     running statistics use those at test whatever ``test_norm`` says.
+
+    A learner whose ``draws_drop_masks`` is true hands a twin's DropBlock layers their masks in training
+    (``dualmeta.twins.drop_masks``, by address); the others refuse a twin that drops.
     """
 
+    draws_drop_masks = False
+
     def __init__(self, model, meta_lr: float = 1e-3, meta_optimizer: str = "adam"):
+        if not self.draws_drop_masks:
+            check_drops(model, type(self).__name__)
         self.model = model
         self.dtype = tf.as_dtype(model.trainable_variables[0].dtype)
         self.extra: dict[str, tf.Variable] = {}  # learner tensors (e.g. Meta-SGD's rates), neutral names

@@ -166,18 +166,20 @@ def conv4(in_channels: int = 1, hidden: int = 64, num_classes: int | None = None
 
 
 def functional_call(model: keras.Model, params: Mapping[str, tf.Tensor], x: tf.Tensor,
-                    training: bool = True, stats_rows: int | None = None) -> tf.Tensor:
+                    training: bool = True, stats_rows: int | None = None, drop=None) -> tf.Tensor:
     """Runs ``model`` on ``x`` with ``params`` (neutral names, Keras layouts) in place of its variables.
 
     Uses Keras' ``stateless_call``. Batch norm uses batch statistics when ``training``; the running
     statistics it would update are discarded, so the call is a pure function of ``params`` and ``x``.
     ``stats_rows=n``: batch statistics from the first ``n`` rows of ``x`` only (a model without running
-    statistics).
+    statistics). ``drop``: DropBlock masks (a twin's ``call``).
     """
     names = {id(variable): name for name, variable in model.neutral_variables().items()}
     trainable = [params[names[id(v)]] if names[id(v)] in params else v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     kwargs = {} if stats_rows is None else {"stats_rows": int(stats_rows)}
+    if drop:
+        kwargs["drop"] = drop
     outputs, _ = model.stateless_call(trainable, non_trainable, x, training=training, **kwargs)
     return outputs
 
@@ -214,7 +216,9 @@ class Twin(_Weights, keras.Model):
                 self._make(layer.body)
                 self._make(layer.shortcut)
 
-    def _run(self, layers, x, training, stats_rows, trace, prefix=""):
+    def _run(self, layers, x, training, stats_rows, trace, prefix="", drop=None):
+        """``layers`` on NHWC (or flat) ``x``; ``drop`` maps DropBlock names to their NHWC masks (a DropBlock
+        without one is the identity)."""
         for label, layer in zip(T.layer_names(layers, prefix), layers):
             if isinstance(layer, T.Conv2d):
                 owner, p = self._owners[layer.name], layer.padding
@@ -238,17 +242,22 @@ class Twin(_Weights, keras.Model):
                 owner = self._owners[layer.name]
                 x = tf.matmul(x, owner.weight) + owner.bias
             elif isinstance(layer, T.Residual):
-                body = self._run(layer.body, x, training, stats_rows, trace, label + ".")
-                x = body + (self._run(layer.shortcut, x, training, stats_rows, trace, label + ".shortcut.")
+                body = self._run(layer.body, x, training, stats_rows, trace, label + ".", drop)
+                x = body + (self._run(layer.shortcut, x, training, stats_rows, trace, label + ".shortcut.", drop)
                             if layer.shortcut else x)
+            elif isinstance(layer, T.DropBlock):
+                if drop and layer.name in drop:
+                    x = x * drop[layer.name]
             elif isinstance(layer, T.Function):
                 x = T.resolve(layer.tf)(x)
             if trace is not None:
                 trace.append((label, x))
         return x
 
-    def call(self, x, training=False, stats_rows=None):
-        return self._run(self.description.layers, x, training, stats_rows, self.__dict__.get("_trace_sink"))
+    def call(self, x, training=False, stats_rows=None, drop=None):
+        """``drop``: DropBlock masks by layer name, NHWC (``dualmeta.twins.drop_masks``); none: no drop."""
+        return self._run(self.description.layers, x, training, stats_rows, self.__dict__.get("_trace_sink"),
+                         drop=drop)
 
     def embed(self, x, training=False, stats_rows=None):
         """The features before the classifier: every layer but a last ``Dense`` named ``head``."""
@@ -278,11 +287,11 @@ def build(description, dtype: str = "float32", init: str = "neutral", seed: int 
 
 
 def resnet12(in_channels: int = 3, channels: tuple[int, ...] = (64, 160, 320, 640), num_classes: int | None = None,
-             image_size: int = 84, track_running_stats: bool = False, slope: float = 0.1, dtype: str = "float32",
-             init: str = "neutral", seed: int = 0) -> Twin:
+             image_size: int = 84, track_running_stats: bool = False, slope: float = 0.1, drop_rate: float = 0.0,
+             drop_block: int = 5, dtype: str = "float32", init: str = "neutral", seed: int = 0) -> Twin:
     """ResNet-12 of ``dualmeta.twins.resnet12`` (see there for the arguments)."""
-    return build(T.resnet12(in_channels, tuple(channels), num_classes, image_size, track_running_stats, slope),
-                 dtype, init, seed)
+    return build(T.resnet12(in_channels, tuple(channels), num_classes, image_size, track_running_stats, slope,
+                            drop_rate, drop_block), dtype, init, seed)
 
 
 def description(path: str, num_classes: int | None = None, in_channels: int = 1, image_size: int = 28,

@@ -62,6 +62,7 @@ import numpy as np
 import tensorflow as tf
 
 from dualmeta.episodes import Episode
+from dualmeta.twins import drop_masks
 from tf_meta.core import OPTIMIZERS, Learner, Optimizer, as_tensor, task_accuracy, task_loss
 from tf_meta.models import functional_call
 
@@ -100,6 +101,8 @@ class MetricLearner(Learner):
     ``_scores(query_z, state) -> logits``; everything else is shared.
     """
 
+    draws_drop_masks = True
+
     def __init__(self, model, meta_lr: float = 1e-3, lr_decay_every: int | None = None, lr_decay: float = 0.5,
                  meta_optimizer: str = "adam"):
         super().__init__(model, meta_lr=meta_lr, meta_optimizer=meta_optimizer)
@@ -115,6 +118,7 @@ class MetricLearner(Learner):
             raise ValueError(f"Expected 0 < lr_decay <= 1; received lr_decay={lr_decay!r}")
         self.lr_decay_every = None if lr_decay_every is None else int(lr_decay_every)
         self.lr_decay = float(lr_decay)
+        self.drop_seed = 0  # the seed of the DropBlock masks (the CLI sets the run's --seed)
 
     # --8<-- [start:lr_decay]
     def learning_rate(self) -> float:
@@ -177,13 +181,24 @@ class MetricLearner(Learner):
             self._optimizer = Optimizer(self.parameters(), self.meta_optimizer, lr, self.kinds())
             self._optimizer.set_state(state)
 
-    def _encode(self, x: tf.Tensor, training: bool, update_stats: bool = False) -> tf.Tensor:
+    def _encode(self, x: tf.Tensor, training: bool, update_stats: bool = False, drop=None) -> tf.Tensor:
         """The encoder on NHWC images: batch statistics if ``training`` or if the model keeps no running
-        statistics, else the running statistics; these are updated only if ``training and update_stats``."""
+        statistics, else the running statistics; these are updated only if ``training and update_stats``.
+        ``drop``: the DropBlock masks of this forward pass (training only)."""
+        kwargs = {"drop": drop} if drop else {}
         if training and not update_stats and self.model.non_trainable_variables:
             params = {n: tf.convert_to_tensor(v) for n, v in self.model_parameters().items()}
-            return functional_call(self.model, params, x, training=True)
-        return self.model(x, training=training)
+            return functional_call(self.model, params, x, training=True, **kwargs)
+        return self.model(x, training=training, **kwargs)
+
+    def _drop_masks(self, batch: Episode) -> dict[str, np.ndarray]:
+        """The DropBlock masks of this training step, ``(tasks, support + query, H, W, C)`` per layer, by
+        address (``drop_seed``, the step, the task): the same arrays in both backends."""
+        description = getattr(self.model, "description", None)
+        if description is None:
+            return {}
+        tasks, images = batch.support_x.shape[0], batch.support_x.shape[1] + batch.query_x.shape[1]
+        return drop_masks(description, tasks, images, self.drop_seed, self._steps_taken())
 
     def _episode(self, episode: Episode):
         """``(ways, support_x, support_y, query_x, query_y)`` of a numpy episode, as tensors."""
@@ -194,24 +209,25 @@ class MetricLearner(Learner):
                              f"from {query_y.min()} to {query_y.max()}")
         return (ways, *self._tensors(episode))
 
-    def _embeddings(self, sx, sy, qx, ways: int, training: bool, update_stats: bool = False):
+    def _embeddings(self, sx, sy, qx, ways: int, training: bool, update_stats: bool = False, drop=None):
         """``(support_z, support_onehot, query_z)`` of one episode; support and query embedded as one batch."""
-        z = self._encode(tf.concat([sx, qx], axis=0), training, update_stats)
+        z = self._encode(tf.concat([sx, qx], axis=0), training, update_stats, drop)
         n = sx.shape[0]
         return z[:n], tf.one_hot(sy, ways, dtype=z.dtype), z[n:]
 
-    def _logits(self, sx, sy, qx, ways: int, training: bool, update_stats: bool = False) -> tf.Tensor:
-        support_z, onehot, query_z = self._embeddings(sx, sy, qx, ways, training, update_stats)
+    def _logits(self, sx, sy, qx, ways: int, training: bool, update_stats: bool = False, drop=None) -> tf.Tensor:
+        support_z, onehot, query_z = self._embeddings(sx, sy, qx, ways, training, update_stats, drop)
         return self._scores(query_z, self._fit(support_z, onehot))
 
     # --8<-- [start:episode_loss]
-    def _batch_gradients(self, sx, sy, qx, qy, ways: int, update_stats: bool):
+    def _batch_gradients(self, sx, sy, qx, qy, drop, ways: int, update_stats: bool):
         variables = list(self.parameters().values())
         tasks = sx.shape[0]
         with tf.GradientTape() as tape:
             losses, accuracies = [], []
             for t in range(tasks):
-                logits = self._logits(sx[t], sy[t], qx[t], ways, True, update_stats)
+                logits = self._logits(sx[t], sy[t], qx[t], ways, True, update_stats,
+                                      {name: mask[t] for name, mask in drop.items()})
                 losses.append(task_loss(logits, qy[t]))
                 accuracies.append(task_accuracy(logits, qy[t]))
             loss = tf.add_n(losses) / tasks
@@ -220,9 +236,10 @@ class MetricLearner(Learner):
 
     def _gradients(self, batch: Episode, update_stats: bool):
         ways, *tensors = self._episode(batch)
+        drop = {name: tf.constant(mask, self.dtype) for name, mask in self._drop_masks(batch).items()}
         step = self._compile(("gradients", ways, update_stats),
-                             lambda sx, sy, qx, qy: self._batch_gradients(sx, sy, qx, qy, ways, update_stats))
-        grads, loss, accuracy = step(*tensors)
+                             lambda sx, sy, qx, qy, drop: self._batch_gradients(sx, sy, qx, qy, drop, ways, update_stats))
+        grads, loss, accuracy = step(*tensors, drop)
         return dict(zip(self.parameters(), grads)), {"loss": float(loss), "accuracy": float(accuracy)}
     # --8<-- [end:episode_loss]
 

@@ -193,6 +193,8 @@ def _batched_run(layers, params, h, layout: str, tasks: int):
             w, b = params[f"{layer.name}.weight"], params[f"{layer.name}.bias"]
             h = torch.einsum("nbf,bof->bno" if layout == "nb" else "bni,boi->bno", h, w) + b[:, None]
             layout = "bn"
+        elif isinstance(layer, T.DropBlock):
+            pass  # training with masks is the metric learners' (core.Learner refuses the others)
         elif isinstance(layer, T.Residual):
             body, _ = _batched_run(layer.body, params, h, layout, tasks)
             h = body + (_batched_run(layer.shortcut, params, h, layout, tasks)[0] if layer.shortcut else h)
@@ -261,8 +263,9 @@ class Twin(_Weights, nn.Module):
     def _get(self, name: str) -> nn.Module:
         return self.get_submodule(name)
 
-    def _run(self, layers, x, stats_rows, trace, prefix="", norm=None):
+    def _run(self, layers, x, stats_rows, trace, prefix="", norm=None, drop=None):
         """``layers`` on NCHW (or flat) ``x``. ``norm(module, x)``, if given, replaces the batch norms' own call.
+        ``drop`` maps DropBlock names to their masks (NCHW tensors); a DropBlock without one is the identity.
 
         Without a ``trace``, an activation followed by a max-pool runs after it (a non-decreasing activation
         commutes with the max exactly, values and gradients alike, and then touches a quarter of the
@@ -295,9 +298,12 @@ class Twin(_Weights, nn.Module):
                 m = self._get(layer.name)
                 x = F.linear(x, m.weight, m.bias)
             elif isinstance(layer, T.Residual):
-                body = self._run(layer.body, x, stats_rows, trace, label + ".", norm)
-                x = body + (self._run(layer.shortcut, x, stats_rows, trace, label + ".shortcut.", norm)
+                body = self._run(layer.body, x, stats_rows, trace, label + ".", norm, drop)
+                x = body + (self._run(layer.shortcut, x, stats_rows, trace, label + ".shortcut.", norm, drop)
                             if layer.shortcut else x)
+            elif isinstance(layer, T.DropBlock):
+                if drop is not None and layer.name in drop:
+                    x = x * drop[layer.name]
             elif isinstance(layer, T.Function):
                 x = T.resolve(layer.torch)(x)
             if trace is not None:
@@ -305,16 +311,23 @@ class Twin(_Weights, nn.Module):
             i += 1
         return x
 
-    def forward(self, x: torch.Tensor, stats_rows: int | None = None, trace: list | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stats_rows: int | None = None, trace: list | None = None,
+                drop: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``drop``: DropBlock masks by layer name, NHWC (``dualmeta.twins.drop_masks``); none: no drop."""
         if len(self.description.input_shape) == 3:
             x = x.permute(0, 3, 1, 2)  # NHWC (neutral) -> NCHW
-        return self._run(self.description.layers, x, stats_rows, trace)
+        return self._run(self.description.layers, x, stats_rows, trace, drop=nchw_masks(drop))
 
     def embed(self, x: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
         """The features before the classifier: every layer but a last ``Dense`` named ``head``."""
         if len(self.description.input_shape) == 3:
             x = x.permute(0, 3, 1, 2)
         return self._run(self.description.features(), x, stats_rows, None)
+
+
+def nchw_masks(drop: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """DropBlock masks (NHWC, the neutral layout) as the NCHW tensors ``Twin._run`` multiplies by."""
+    return None if not drop else {name: mask.permute(0, 3, 1, 2) for name, mask in drop.items()}
 
 
 class MLP(Twin):
@@ -339,11 +352,11 @@ def build(description, dtype: str = "float32", init: str = "neutral", seed: int 
 
 
 def resnet12(in_channels: int = 3, channels: tuple[int, ...] = (64, 160, 320, 640), num_classes: int | None = None,
-             image_size: int = 84, track_running_stats: bool = False, slope: float = 0.1, dtype: str = "float32",
-             init: str = "neutral", seed: int = 0) -> Twin:
+             image_size: int = 84, track_running_stats: bool = False, slope: float = 0.1, drop_rate: float = 0.0,
+             drop_block: int = 5, dtype: str = "float32", init: str = "neutral", seed: int = 0) -> Twin:
     """ResNet-12 of ``dualmeta.twins.resnet12`` (see there for the arguments)."""
-    return build(T.resnet12(in_channels, tuple(channels), num_classes, image_size, track_running_stats, slope),
-                 dtype, init, seed)
+    return build(T.resnet12(in_channels, tuple(channels), num_classes, image_size, track_running_stats, slope,
+                            drop_rate, drop_block), dtype, init, seed)
 
 
 def description(path: str, num_classes: int | None = None, in_channels: int = 1, image_size: int = 28,

@@ -63,8 +63,9 @@ import torch
 import torch.nn.functional as F
 
 from dualmeta.episodes import Episode
+from dualmeta.twins import drop_masks
 from torch_meta.core import OPTIMIZERS, Learner, task_accuracy, task_loss
-from torch_meta.models import Twin, functional_call
+from torch_meta.models import Twin, functional_call, nchw_masks
 
 __all__ = ["DISTANCES", "NORM_EPS", "MetricLearner", "ProtoNet"]
 
@@ -101,6 +102,8 @@ class MetricLearner(Learner):
     ``_scores(query_z, state) -> logits``; everything else is shared.
     """
 
+    draws_drop_masks = True
+
     def __init__(self, model, meta_lr: float = 1e-3, lr_decay_every: int | None = None, lr_decay: float = 0.5,
                  meta_optimizer: str = "adam"):
         super().__init__(model, meta_lr=meta_lr, meta_optimizer=meta_optimizer)
@@ -116,6 +119,7 @@ class MetricLearner(Learner):
             raise ValueError(f"Expected 0 < lr_decay <= 1; received lr_decay={lr_decay!r}")
         self.lr_decay_every = None if lr_decay_every is None else int(lr_decay_every)
         self.lr_decay = float(lr_decay)
+        self.drop_seed = 0  # the seed of the DropBlock masks (the CLI sets the run's --seed)
 
     # --8<-- [start:lr_decay]
     def learning_rate(self) -> float:
@@ -170,9 +174,10 @@ class MetricLearner(Learner):
     def _set_lr(self, lr: float) -> None:
         self.optimizer.lr = lr
 
-    def _encode(self, x: torch.Tensor, training: bool, update_stats: bool = False) -> torch.Tensor:
+    def _encode(self, x: torch.Tensor, training: bool, update_stats: bool = False, drop=None) -> torch.Tensor:
         """The encoder on NHWC images: batch statistics if ``training`` or if the model keeps no running
         statistics, else the running statistics; these are updated only if ``training and update_stats``.
+        ``drop``: the DropBlock masks of this forward pass (NHWC tensors; training only).
 
         A twin runs its layers with ``F.batch_norm`` in place of its batch norms' own call: the formula of
         ``models.BatchNorm`` in one fused kernel instead of several passes (half the time of an episode), with
@@ -191,7 +196,16 @@ class MetricLearner(Learner):
             return F.batch_norm(h, m.running_mean if use_buffers else None, m.running_var if use_buffers else None,
                                 m.weight, m.bias, training=batch_stats, momentum=m.momentum, eps=m.eps)
         return model._run(model.description.layers, x.permute(0, 3, 1, 2) if x.dim() == 4 else x, None, None,
-                          norm=norm)
+                          norm=norm, drop=nchw_masks(drop))
+
+    def _drop_masks(self, batch: Episode) -> dict[str, np.ndarray]:
+        """The DropBlock masks of this training step, ``(tasks, support + query, H, W, C)`` per layer, by
+        address (``drop_seed``, the step, the task): the same arrays in both backends."""
+        description = getattr(self.model, "description", None)
+        if description is None:
+            return {}
+        tasks, images = batch.support_x.shape[0], batch.support_x.shape[1] + batch.query_x.shape[1]
+        return drop_masks(description, tasks, images, self.drop_seed, self._steps_taken())
 
     def _episode(self, episode: Episode):
         """``(ways, support_x, support_y, query_x, query_y)`` of a numpy episode, as tensors."""
@@ -202,25 +216,27 @@ class MetricLearner(Learner):
                              f"from {query_y.min()} to {query_y.max()}")
         return (ways, *self._tensors(episode))
 
-    def _embeddings(self, sx, sy, qx, ways: int, training: bool, update_stats: bool = False):
+    def _embeddings(self, sx, sy, qx, ways: int, training: bool, update_stats: bool = False, drop=None):
         """``(support_z, support_onehot, query_z)`` of one episode; support and query embedded as one batch."""
-        z = self._encode(torch.cat([sx, qx]), training, update_stats)
+        z = self._encode(torch.cat([sx, qx]), training, update_stats, drop)
         n = sx.shape[0]
         return z[:n], F.one_hot(sy, ways).to(z.dtype), z[n:]
 
-    def _logits(self, sx, sy, qx, ways: int, training: bool, update_stats: bool = False) -> torch.Tensor:
-        support_z, onehot, query_z = self._embeddings(sx, sy, qx, ways, training, update_stats)
+    def _logits(self, sx, sy, qx, ways: int, training: bool, update_stats: bool = False, drop=None) -> torch.Tensor:
+        support_z, onehot, query_z = self._embeddings(sx, sy, qx, ways, training, update_stats, drop)
         return self._scores(query_z, self._fit(support_z, onehot))
 
     # --8<-- [start:episode_loss]
     def _gradients(self, batch: Episode, update_stats: bool):
         ways, sx, sy, qx, qy = self._episode(batch)
+        drop = {name: self._as_tensor(mask) for name, mask in self._drop_masks(batch).items()}
         params = self.parameters()
         tasks = sx.shape[0]
         with torch.enable_grad():
             losses, accuracies = [], []
             for t in range(tasks):
-                logits = self._logits(sx[t], sy[t], qx[t], ways, True, update_stats)
+                logits = self._logits(sx[t], sy[t], qx[t], ways, True, update_stats,
+                                      {name: mask[t] for name, mask in drop.items()})
                 losses.append(task_loss(logits, qy[t]))
                 accuracies.append(task_accuracy(logits.detach(), qy[t]))
             loss = torch.stack(losses).sum() / tasks
