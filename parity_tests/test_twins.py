@@ -3,7 +3,8 @@
 * ``mlp`` and ``conv4`` are descriptions: they list the same tensors as ``dualmeta.weights``, the builders
   ``models.mlp`` / ``models.conv4`` give bit-identical outputs and gradients to ``models.build`` of the
   description, and a checkpoint written by the hand-written twins they replaced (``data/old_conv4.safetensors``,
-  made with main at 45c92d3) loads and gives its recorded outputs.
+  made with main at 45c92d3) loads and gives its recorded outputs. TensorFlow's MAML and ProtoNet
+  meta-gradients equal, bit for bit, those of the hand-written conv4 (``handwritten_conv4.py``).
 * ResNet-12 (a tiny variant by default: channels 4-4-8-8 on 16x16 images; the real size is slow-marked):
   forward, gradients and second order agree in float32 and float64 (``dualmeta.checkmodel``), and so do one
   MAML and one ProtoNet meta-step, and three ProtoNet training steps with DropBlock (masks by address).
@@ -58,6 +59,23 @@ def test_builtin_descriptions_are_bit_identical(case, dtype):
     grads = [tape.gradient(loss, [v for v in m.neutral_variables().values() if v.trainable])
              for loss, m in zip(losses, (old, new))]
     assert np.array_equal(outs[0], outs[1]) and all(np.array_equal(a, b) for a, b in zip(*grads))
+
+
+# The hand-written TF conv4 and the description's twin summed some conv-kernel meta-gradients in another
+# order (one ulp) while the twin inlined its convolutions: at this size (record_revision's) that showed.
+@pytest.mark.parametrize("learner", ["maml", "protonet"])
+def test_description_conv4_matches_the_hand_written_one_bit_for_bit(learner):
+    from dualmeta import backend as chooser
+    from parity_tests import handwritten_conv4
+    from parity_tests.record_revision import _episodes
+    metric = learner == "protonet"
+    config = dict(in_channels=1, hidden=64, num_classes=None if metric else 5, downsample="maxpool" if metric
+                  else "stride", head="flatten" if metric else "mean", track_running_stats=metric)
+    batch = _episodes("float32", 5, 1, 15)
+    grads = [chooser.learner_class("tf", learner)(model).meta_gradients(batch)[0]
+             for model in (handwritten_conv4.conv4(**config), tf_models.conv4(**config))]
+    differ = [n for n in grads[0] if not np.array_equal(grads[0][n], grads[1][n])]
+    assert not differ, f"not bit-identical to the hand-written conv4: {differ}"
 
 
 def test_an_old_checkpoint_loads_into_the_description_twins():

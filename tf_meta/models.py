@@ -69,6 +69,33 @@ class _Param(keras.layers.Layer):
         self.built = True  # its weights exist now; a twin reads them without calling the layer
 
 
+class _Conv(_Param):
+    """A ``dualmeta.twins.Conv2d``: explicit zero padding, then a ``'VALID'`` convolution (and its bias).
+
+    Called as a Keras layer, not inlined in ``Twin._run``: the hand-written conv4 did so, and inlining the
+    convolution moved some TF conv-kernel meta-gradients by one ulp (the layer call puts ops of its own in
+    the graph TensorFlow differentiates, which can change the order in which a gradient sums its parts).
+    Measured with ``parity_tests/record_revision.py``; ``parity_tests/test_twins.py`` guards it."""
+
+    def __init__(self, spec, layer, **kwargs):
+        super().__init__(spec, layer.name, **kwargs)
+        self.stride, self.padding, self.has_bias = layer.stride, layer.padding, layer.bias
+
+    def call(self, x):
+        p = self.padding
+        if p:
+            x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+        x = tf.nn.conv2d(x, self.weight, strides=self.stride, padding="VALID")
+        return x + self.bias if self.has_bias else x
+
+
+class _Dense(_Param):
+    """A ``dualmeta.twins.Dense``: ``x @ weight + bias`` (Keras' (in, out) kernel)."""
+
+    def call(self, x):
+        return tf.matmul(x, self.weight) + self.bias
+
+
 class BatchNorm(_Param):
     """Batch normalisation over (N, H, W) that is exact at second order.
 
@@ -208,8 +235,10 @@ class Twin(_Weights, keras.Model):
     def _make(self, layers):
         policy = self.dtype_policy
         for layer in layers:
-            if isinstance(layer, (T.Conv2d, T.Dense)):
-                self._owners[layer.name] = _Param(self.spec, layer.name, dtype=policy)
+            if isinstance(layer, T.Conv2d):
+                self._owners[layer.name] = _Conv(self.spec, layer, dtype=policy)
+            elif isinstance(layer, T.Dense):
+                self._owners[layer.name] = _Dense(self.spec, layer.name, dtype=policy)
             elif isinstance(layer, T.BatchNorm):
                 self._owners[layer.name] = BatchNorm(self.spec, layer.name, dtype=policy)
             elif isinstance(layer, T.Residual):
@@ -220,13 +249,8 @@ class Twin(_Weights, keras.Model):
         """``layers`` on NHWC (or flat) ``x``; ``drop`` maps DropBlock names to their NHWC masks (a DropBlock
         without one is the identity)."""
         for label, layer in zip(T.layer_names(layers, prefix), layers):
-            if isinstance(layer, T.Conv2d):
-                owner, p = self._owners[layer.name], layer.padding
-                if p:
-                    x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
-                x = tf.nn.conv2d(x, owner.weight, strides=layer.stride, padding="VALID")
-                if layer.bias:
-                    x = x + owner.bias
+            if isinstance(layer, (T.Conv2d, T.Dense)):
+                x = self._owners[layer.name](x)
             elif isinstance(layer, T.BatchNorm):
                 x = self._owners[layer.name](x, training=training, stats_rows=stats_rows)
             elif isinstance(layer, T.Activation):
@@ -238,9 +262,6 @@ class Twin(_Weights, keras.Model):
                 x = tf.reshape(x, (tf.shape(x)[0], -1))
             elif isinstance(layer, T.GlobalMean):
                 x = tf.reduce_mean(x, axis=(1, 2))
-            elif isinstance(layer, T.Dense):
-                owner = self._owners[layer.name]
-                x = tf.matmul(x, owner.weight) + owner.bias
             elif isinstance(layer, T.Residual):
                 body = self._run(layer.body, x, training, stats_rows, trace, label + ".", drop)
                 x = body + (self._run(layer.shortcut, x, training, stats_rows, trace, label + ".shortcut.", drop)
