@@ -376,6 +376,11 @@ def read_runs(path: str, results_dir: str, role: str = "test") -> list[Run]:
                 suffix = f"_mb{config['meta_batch_size']}"
         if isinstance(config.get("inner_batch_size"), int):
             trained_on += f", inner minibatches of {config['inner_batch_size']}"
+        steps, rate = config.get("inner_steps"), config.get("inner_lr")
+        if (_is_number(steps) and _is_number(rate) and learner not in ("lstm", "snail", "finetune")
+                and (steps, rate) != ((5 if learner == "reptile" else 1), 0.4)):  # not the example's default
+            trained_on += f", {steps:g} inner step{'s' if steps != 1 else ''} of {rate:g}"
+            suffix += f"_inner{steps:g}x{rate:g}"  # its own plots
         reduction = config.get("inner_reduction")
         if reduction is not None and (reduction != "sum_per_shot" or learner == "reptile"):  # Reptile's pilots
             trained_on += f", {reduction.replace('_', '-')} support loss"  # compare the two: name both

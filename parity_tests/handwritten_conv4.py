@@ -2,9 +2,9 @@
 reference of ``test_twins.py::test_description_conv4_matches_the_hand_written_one_bit_for_bit``.
 
 Only the structure that decides the bits is kept: one Keras layer per convolution (explicit padding, then a
-``'VALID'`` convolution), the exact batch norm of ``tf_meta.models`` (unchanged by the move), the activation,
-the downsampling and the head, in the order the hand-written twin called them. Its variables are created in
-that twin's order (all convolutions, then all norms, then the classifier).
+``'VALID'`` convolution), the exact batch norm and the dense layer of ``tf_meta.models`` (unchanged by the
+move), the activation, the downsampling and the head, in the order the hand-written twin called them. Its
+variables are created in that twin's order (all convolutions, then all norms, then the classifier).
 """
 from __future__ import annotations
 
@@ -27,11 +27,6 @@ class _Conv(models._Param):
         return tf.nn.conv2d(x, self.weight, strides=self.stride, padding="VALID")
 
 
-class _Dense(models._Param):
-    def call(self, x):
-        return tf.matmul(x, self.weight) + self.bias
-
-
 class Conv4(models._Weights, keras.Model):
     def __init__(self, spec: neutral.ModelSpec, **kwargs):
         super().__init__(name="conv4", **kwargs)
@@ -39,7 +34,7 @@ class Conv4(models._Weights, keras.Model):
         stride = 2 if cfg["downsample"] == "stride" else 1
         self.convs = [_Conv(spec, f"blocks.{i}.conv", stride, dtype=policy) for i in range(cfg["blocks"])]
         self.norms = [models.BatchNorm(spec, f"blocks.{i}.norm", dtype=policy) for i in range(cfg["blocks"])]
-        self.head = _Dense(spec, "head", dtype=policy) if cfg["num_classes"] is not None else None
+        self.head = models._Dense(spec, "head", dtype=policy) if cfg["num_classes"] is not None else None
         self._param_layers = self.convs + self.norms + ([self.head] if self.head is not None else [])
         self.activation = _ACTIVATIONS[cfg["activation"]]
 
