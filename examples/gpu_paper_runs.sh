@@ -5,6 +5,7 @@
 #   ONLY='maml_5w1s|snail' bash examples/gpu_paper_runs.sh      # the runs whose name matches a regex
 #   DRY=1 bash examples/gpu_paper_runs.sh               # print the commands only
 #   BACKENDS=torch HOURS=2 bash examples/gpu_paper_runs.sh       # a wall-clock cap per run (default 12 h)
+#   MINUTES=3 ONLY='^maml_5w1s$' bash examples/gpu_paper_runs.sh # a cap in minutes (a short lease)
 #
 # Each run trains for the papers' number of steps (--max_steps; the time budget --minutes is only a cap),
 # evaluates on the test classes of the Vinyals split as the CPU runs do (dualmeta.protocol: the curve on
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 ONLY=${ONLY:-.}
 HOURS=${HOURS:-12}
-MINUTES=$((HOURS * 60))
+MINUTES=${MINUTES:-$((HOURS * 60))}
 
 if [ -z "${BACKENDS:-}" ]; then
   BACKENDS=torch
