@@ -34,6 +34,13 @@ built in one process, warmed up (``--warmup`` untimed steps each), then timed in
 ``--steps`` rounds runs every (learner, runner) once, so that drift in machine load hits them alike.
 Reported: the median seconds per meta-step and the ratio backend / reference (below 1: faster).
 
+The floor (``--floor``, on by default): the floating-point operations of one reference step, counted by
+``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products, forward, backward and
+double backward; the element-wise work of batch norm and ReLU is not counted), divided by the best rate
+this machine reaches in the same run, the faster of a 2048 sgemm and a large 3x3 convolution (512 images,
+64 -> 64 channels, 14x14) on the same threads. No implementation of the step can be faster than the floor;
+``torch_floor`` and ``tf_floor`` say how many floors a step takes.
+
     python benchmarks/bench_maml.py                                  # all learners, 10 timed steps each
     python benchmarks/bench_maml.py --learners=maml,anil --steps=20 --threads=2
     python benchmarks/bench_maml.py --steps=20 --out results/bench/maml_family.json
@@ -47,6 +54,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import statistics
 import sys
@@ -257,6 +265,33 @@ def make_runner(learner: str, backend: str, args):
     return getattr(module, class_name)(model, **kwargs).meta_train_step
 
 
+def step_gflop(run, batch) -> float:
+    """GFLOP of one step of ``run`` (a reference runner: plain torch), counted by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run(batch)
+    return counter.get_total_flops() / 1e9
+
+
+def peak_gflops(seconds: float = 1.0) -> dict[str, float]:
+    """The best GFLOP/s of this process's threads in a 2048 sgemm and a large 3x3 convolution."""
+    def rate(fn, flop):
+        fn()
+        best, start = math.inf, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        return round(flop / best / 1e9, 1)
+
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    x, w = torch.rand(512, 64, 14, 14), torch.rand(64, 64, 3, 3)
+    with torch.no_grad():
+        return {"sgemm_2048": rate(lambda: a @ b, 2 * 2048 ** 3),
+                "conv3x3_512x64x14x14": rate(lambda: F.conv2d(x, w, padding=1), 2 * 512 * 64 * 14 * 14 * 64 * 9)}
+
+
 def setting(args, learner: str) -> str:
     kwargs = variant_kwargs(LEARNERS[learner], args.inner_steps)
     steps = kwargs.get("inner_steps")
@@ -288,6 +323,9 @@ def main(argv=None):
                              "1; reptile 5)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads and TF intra-op threads (default: the frameworks' own)")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="count the FLOPs of a reference step and measure the machine's peak rate "
+                             "(the floor columns); --no-floor skips it")
     parser.add_argument("--out", default=None, help="write the table as JSON to this path")
     args = parser.parse_args(argv)
     learners = names(args.learners, LEARNERS, "--learners", parser)
@@ -319,6 +357,13 @@ def main(argv=None):
             run(batch)
             times[key].append(time.perf_counter() - start)
     load_after = os.getloadavg()[0]
+    gflop, peak = {}, None
+    if args.floor:  # after the timed rounds, so that they see the same machine as without --floor
+        for learner in learners:
+            gflop[learner] = step_gflop(runners.get((learner, "reference"))
+                                        or make_runner(learner, "reference", args), batch)
+        peak = peak_gflops()
+        print(f"# peak GFLOP/s: {peak}", file=sys.stderr)
 
     config = {k: v for k, v in vars(args).items() if k != "out"}
     config.update(model="conv4 stride-2, batch norm on batch statistics, mean head, 28x28x1 images",
@@ -341,12 +386,19 @@ def main(argv=None):
             row[f"{backend}_s"] = round(medians[(learner, backend)], 4)
             if backend != "reference" and ref is not None:
                 row[f"{backend}_ratio"] = round(medians[(learner, backend)] / ref, 3)
+        if peak is not None:
+            floor = gflop[learner] / max(peak.values())
+            row["gflop"], row["floor_s"] = float(f"{gflop[learner]:.4g}"), float(f"{floor:.3g}")
+            for backend in backends:
+                row[f"{backend}_floor"] = round(medians[(learner, backend)] / floor, 2) if floor else None
         rows.append(row)
     if args.out:
         info = machine()
         info["load_average_1min"] = {"before": round(load_before, 2), "after": round(load_after, 2)}
         measured = provenance("benchmarks/bench_maml.py", None if argv is None else list(argv))
         report = {"measured": measured, "machine": info, "config": config, "rows": rows}
+        if peak is not None:
+            report["peak_gflops"] = peak
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         atomic_write(args.out, json.dumps(report, indent=2) + "\n")
         print(f"# wrote {args.out}", file=sys.stderr)

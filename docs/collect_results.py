@@ -851,25 +851,40 @@ def speed_page(results_dir: str) -> str:
             lines += memory_table(data, path, shown, prov)
             continue
         rows = []
+        has_floor = isinstance(data.get("peak_gflops"), dict) and bool(data["peak_gflops"]) and all(
+            _is_number(v) for v in data["peak_gflops"].values())
         for i, row in enumerate(field(data, path, "rows", list)):
             if not isinstance(row, dict) or "learner" not in row:
                 raise ResultsError(f"{path}: expected rows[{i}] to be an object with a 'learner'")
-            for key in ("reference_s", "torch_s", "tf_s", "torch_ratio", "tf_ratio"):
+            for key in ("reference_s", "torch_s", "tf_s", "torch_ratio", "tf_ratio", "gflop", "floor_s"):
                 if row.get(key) is not None and not _is_number(row.get(key)):
                     raise ResultsError(f"{path}: expected rows[{i}].{key} to be a number or null; "
                                        f"received {row.get(key)!r}")
             ratios = {b: row.get(f"{b}_ratio") for b in ("torch", "tf")}
+            floor = row.get("floor_s")
+            floors = ([] if not has_floor else ["—" if row.get("gflop") is None else f"{row['gflop']:.3g}",
+                                                seconds_text(floor)]
+                      + [f"{row[f'{b}_s'] / floor:.1f}" if floor and _is_number(row.get(f"{b}_s")) else "—"
+                         for b in ("reference", "torch", "tf")])
             rows.append([learner_name(row["learner"]), row.get("setting", "—"), seconds_text(row.get("reference_s"))]
                         + [x for b in ("torch", "tf") for x in (
                             seconds_text(row.get(f"{b}_s")),
                             "—" if ratios[b] is None else f"{ratios[b]:.2f}")]
-                        + [prov.date, command_cell(prov)])
+                        + floors + [prov.date, command_cell(prov)])
         lines += [f"## `{shown}`", ""]
         machine = data.get("machine")
         if isinstance(machine, dict) and machine:
             lines += ["Machine: " + "; ".join(f"{k} {_machine_value(v)}" for k, v in machine.items()) + ".", ""]
+        if has_floor:
+            peak = data["peak_gflops"]
+            lines += ["Floor: the GFLOP of one reference step (convolutions and matrix products, counted by "
+                      "`torch.utils.flop_counter`) at the best rate this machine reached in the same run ("
+                      + ", ".join(f"{k} {v:g} GFLOP/s" for k, v in peak.items())
+                      + "); no implementation of the step can beat it. \"× floor\": seconds per step in floors.", ""]
         lines += table(["Learner", "Setting", "Reference s/step", "PyTorch s/step", "PyTorch ÷ reference",
-                        "TensorFlow s/step", "TensorFlow ÷ reference", "Measured", "Command"], rows) + [""]
+                        "TensorFlow s/step", "TensorFlow ÷ reference"]
+                       + (["GFLOP/step", "Floor s/step", "Reference × floor", "PyTorch × floor", "TensorFlow × floor"]
+                          if has_floor else []) + ["Measured", "Command"], rows) + [""]
     return "\n".join(lines + workers_section(results_dir))
 
 

@@ -22,3 +22,22 @@ def test_bench_memory_measures_each_runner_in_a_fresh_process(tmp_path):
         assert abs(row["step_growth_mb"] - (row["step_peak_mb"] - row["before_mb"])) <= 0.11
     assert report["measured"]["command"].startswith("python benchmarks/bench_memory.py --learners=maml")
     assert "step growth MB" in run.stdout
+
+
+def test_bench_maml_counts_the_floor_of_a_step(tmp_path):
+    """The FLOPs of a reference step and the machine's peak rate give each row a floor; a second-order
+    step does more work than a first-order one, so it has the higher floor."""
+    out = tmp_path / "maml.json"
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_maml.py"), "--learners=maml,fomaml",
+                          "--backends=reference,torch", "--steps=1", "--warmup=0", "--tasks=2", "--hidden=8",
+                          "--queries=1", "--threads=1", f"--out={out}"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["peak_gflops"]) == {"sgemm_2048", "conv3x3_512x64x14x14"}
+    assert all(v > 0 for v in report["peak_gflops"].values())
+    rows = {r["learner"]: r for r in report["rows"]}
+    assert rows["maml"]["gflop"] > rows["fomaml"]["gflop"] > 0
+    for row in rows.values():
+        assert abs(row["floor_s"] - row["gflop"] / max(report["peak_gflops"].values())) <= 1e-3 * row["floor_s"]
+        assert row["torch_floor"] > 1 and row["reference_floor"] > 1  # nothing beats the floor

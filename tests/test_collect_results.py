@@ -200,6 +200,19 @@ def test_speed_page_shows_the_workers_benchmark_with_its_best_ratio_and_efficien
     assert "`python benchmarks/bench_distributed.py --steps=20`" in speed and "before 0.10 0.20 0.30" in speed
 
 
+def test_speed_rows_with_a_floor_show_it_in_floors(results, tmp_path):
+    write(results / "bench" / "floor.json", {
+        "measured": {"date": "2026-12-04T21:30:00Z", "command": "python benchmarks/bench_maml.py --out=y.json"},
+        "peak_gflops": {"sgemm_2048": 200.0, "conv3x3_512x64x14x14": 400.0},
+        "rows": [{"learner": "maml", "setting": "5w1s", "reference_s": 0.8, "torch_s": 0.6, "tf_s": 1.0,
+                  "torch_ratio": 0.75, "tf_ratio": 1.25, "gflop": 40.0, "floor_s": 0.1}]})
+    speed = (build(results, tmp_path) / "speed.md").read_text()
+    section = speed[speed.index("## `results/bench/floor.json`"):]
+    assert "sgemm_2048 200 GFLOP/s, conv3x3_512x64x14x14 400 GFLOP/s" in section
+    assert "| MAML | 5w1s | 0.8 | 0.6 | 0.75 | 1 | 1.25 | 40 | 0.1 | 8.0 | 6.0 | 10.0 | 2026-12-04 21:30 UTC |" in section
+    assert "Floor s/step" in section and "Floor s/step" not in speed[:speed.index("## `results/bench/floor.json`")]
+
+
 def test_a_memory_benchmark_gets_a_memory_table(results, tmp_path):
     write(results / "bench" / "memory.json", {
         "measured": {"date": "2026-12-02T14:08:47+00:00", "command": "python benchmarks/bench_memory.py"},
