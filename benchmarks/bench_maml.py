@@ -32,7 +32,13 @@ The reference and dualmeta learner get the same keyword arguments (``LEARNERS`` 
 steps, rates, reduction (mean cross-entropy) and meta-batch are the same on both sides. All runners are
 built in one process, warmed up (``--warmup`` untimed steps each), then timed interleaved: each of the
 ``--steps`` rounds runs every (learner, runner) once, so that drift in machine load hits them alike.
-Reported: the median seconds per meta-step and the ratio backend / reference (below 1: faster).
+Reported: the median seconds per meta-step, the ratio backend / reference (below 1: faster), and the
+median page faults per step (``resource.getrusage``'s minor faults: fresh memory the kernel mapped in).
+
+The allocator: building a ``torch_meta`` or ``tf_meta`` learner sets glibc's thresholds once for the whole
+process (``dualmeta.allocator.keep_freed_memory``), so the reference runs under them too (it has no page
+faults either way: its per-task tensors stay below glibc's own adaptive threshold).
+``DUALMETA_MALLOC=system python benchmarks/bench_maml.py`` measures every runner with glibc's defaults.
 
 The floor (``--floor``, on by default): the floating-point operations of one reference step, counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products, forward, backward and
@@ -56,6 +62,7 @@ import dataclasses
 import json
 import math
 import os
+import resource
 import statistics
 import sys
 import time
@@ -69,6 +76,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
+from dualmeta.allocator import status as allocator_status  # noqa: E402
 from dualmeta.episodes import Episode  # noqa: E402
 from dualmeta.budget import machine, provenance  # noqa: E402
 from dualmeta.weights import atomic_write  # noqa: E402
@@ -345,6 +353,7 @@ def main(argv=None):
     runners = {(learner, backend): make_runner(learner, backend, args)
                for learner in learners for backend in backends}
     times = {key: [] for key in runners}
+    faults = {key: [] for key in runners}
     for (learner, backend), run in runners.items():
         start = time.perf_counter()
         for _ in range(args.warmup):
@@ -353,9 +362,10 @@ def main(argv=None):
               f"{time.perf_counter() - start:.1f}s", file=sys.stderr)
     for _ in range(args.steps):  # interleaved, so drift in machine load hits every variant alike
         for key, run in runners.items():
-            start = time.perf_counter()
+            start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             run(batch)
             times[key].append(time.perf_counter() - start)
+            faults[key].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     load_after = os.getloadavg()[0]
     gflop, peak = {}, None
     if args.floor:  # after the timed rounds, so that they see the same machine as without --floor
@@ -367,7 +377,7 @@ def main(argv=None):
 
     config = {k: v for k, v in vars(args).items() if k != "out"}
     config.update(model="conv4 stride-2, batch norm on batch statistics, mean head, 28x28x1 images",
-                  torch_threads=torch.get_num_threads())
+                  torch_threads=torch.get_num_threads(), allocator=allocator_status())
     medians = {key: statistics.median(samples) for key, samples in times.items()}
     rows = []
     for learner in learners:
@@ -379,11 +389,13 @@ def main(argv=None):
                               "max_s_per_step": round(max(samples), 4),
                               "episodes_per_s": round(args.tasks / median, 1),
                               "ratio_to_reference": None if ref is None else round(median / ref, 3),
+                              "page_faults_per_step": statistics.median(faults[(learner, backend)]),
                               "setting": setting(args, learner), "config": config}))
         row = {"learner": learner, "setting": setting(args, learner), "reference_s": None, "torch_s": None,
                "tf_s": None, "torch_ratio": None, "tf_ratio": None, "steps": args.steps}
         for backend in backends:
             row[f"{backend}_s"] = round(medians[(learner, backend)], 4)
+            row[f"{backend}_faults"] = int(statistics.median(faults[(learner, backend)]))
             if backend != "reference" and ref is not None:
                 row[f"{backend}_ratio"] = round(medians[(learner, backend)] / ref, 3)
         if peak is not None:

@@ -851,6 +851,7 @@ def speed_page(results_dir: str) -> str:
             lines += memory_table(data, path, shown, prov)
             continue
         rows = []
+        has_faults = any(isinstance(r, dict) and "torch_faults" in r for r in field(data, path, "rows", list))
         has_floor = isinstance(data.get("peak_gflops"), dict) and bool(data["peak_gflops"]) and all(
             _is_number(v) for v in data["peak_gflops"].values())
         for i, row in enumerate(field(data, path, "rows", list)):
@@ -866,11 +867,14 @@ def speed_page(results_dir: str) -> str:
                                                 seconds_text(floor)]
                       + [f"{row[f'{b}_s'] / floor:.1f}" if floor and _is_number(row.get(f"{b}_s")) else "—"
                          for b in ("reference", "torch", "tf")])
+            faults = [] if not has_faults else [" / ".join(
+                "—" if not _is_number(row.get(f"{b}_faults")) else f"{row[f'{b}_faults']:,}"
+                for b in ("reference", "torch", "tf"))]
             rows.append([learner_name(row["learner"]), row.get("setting", "—"), seconds_text(row.get("reference_s"))]
                         + [x for b in ("torch", "tf") for x in (
                             seconds_text(row.get(f"{b}_s")),
                             "—" if ratios[b] is None else f"{ratios[b]:.2f}")]
-                        + floors + [prov.date, command_cell(prov)])
+                        + floors + faults + [prov.date, command_cell(prov)])
         lines += [f"## `{shown}`", ""]
         machine = data.get("machine")
         if isinstance(machine, dict) and machine:
@@ -884,7 +888,9 @@ def speed_page(results_dir: str) -> str:
         lines += table(["Learner", "Setting", "Reference s/step", "PyTorch s/step", "PyTorch ÷ reference",
                         "TensorFlow s/step", "TensorFlow ÷ reference"]
                        + (["GFLOP/step", "Floor s/step", "Reference × floor", "PyTorch × floor", "TensorFlow × floor"]
-                          if has_floor else []) + ["Measured", "Command"], rows) + [""]
+                          if has_floor else [])
+                       + (["Page faults / step (reference / PyTorch / TensorFlow)"] if has_faults else [])
+                       + ["Measured", "Command"], rows) + [""]
     return "\n".join(lines + workers_section(results_dir))
 
 

@@ -43,7 +43,7 @@ from dualmeta import weights as neutral
 
 __all__ = ["Conv2d", "BatchNorm", "Activation", "MaxPool", "Flatten", "GlobalMean", "Dense", "Residual", "DropBlock",
            "Function", "Description", "ACTIVATIONS", "mlp", "conv4", "resnet12", "load", "layer_names", "drop_layers",
-           "drop_masks", "dropblock_mask", "check_drops"]
+           "drop_masks", "dropblock_mask", "check_drops", "largest_map"]
 
 ACTIVATIONS = ("relu", "softplus", "leaky_relu")
 
@@ -195,18 +195,30 @@ def drop_layers(description: Description) -> list[tuple[DropBlock, tuple[int, in
     return found
 
 
-def _walk_shapes(layers, shape: tuple, found: list) -> tuple:
+def largest_map(description: Description) -> int | None:
+    """Elements of the largest feature map of one input image (a convolution's output); None for a vector
+    model, or where a ``Function`` layer leaves the shapes unknown."""
+    if len(description.input_shape) != 3 or any(isinstance(layer, Function) for layer in description.layers):
+        return None
+    sizes = []
+    _walk_shapes(description.layers, tuple(description.input_shape), [], sizes)
+    return max(sizes, default=None)
+
+
+def _walk_shapes(layers, shape: tuple, found: list, sizes: list | None = None) -> tuple:
     for layer in layers:
         if isinstance(layer, Conv2d):
             h, w, _ = shape
             size = lambda n: (n + 2 * layer.padding - layer.kernel) // layer.stride + 1
             shape = (size(h), size(w), layer.out_channels)
+            if sizes is not None:
+                sizes.append(shape[0] * shape[1] * shape[2])
         elif isinstance(layer, MaxPool):
             shape = (shape[0] // layer.size, shape[1] // layer.size, shape[2])
         elif isinstance(layer, Residual):
             start = shape
-            shape = _walk_shapes(layer.body, start, found)
-            _walk_shapes(layer.shortcut, start, found)
+            shape = _walk_shapes(layer.body, start, found, sizes)
+            _walk_shapes(layer.shortcut, start, found, sizes)
         elif isinstance(layer, (Flatten, GlobalMean, Dense)):
             shape = (None,)
         elif isinstance(layer, DropBlock):

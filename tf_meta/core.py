@@ -11,6 +11,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
+from dualmeta.allocator import keep_freed_memory
 from dualmeta.episodes import Episode
 from dualmeta.twins import check_drops
 from dualmeta.metrics import summarize
@@ -140,6 +141,7 @@ class Learner:
     draws_drop_masks = False
 
     def __init__(self, model, meta_lr: float = 1e-3, meta_optimizer: str = "adam"):
+        keep_freed_memory()  # no page faults for the step's feature maps (dualmeta.allocator)
         if not self.draws_drop_masks:
             check_drops(model, type(self).__name__)
         self.model = model

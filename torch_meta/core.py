@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dualmeta.allocator import keep_freed_memory
 from dualmeta.episodes import Episode
 from dualmeta.twins import check_drops
 from dualmeta.metrics import summarize
@@ -145,6 +146,7 @@ class Learner:
     draws_drop_masks = False
 
     def __init__(self, model: torch.nn.Module, meta_lr: float = 1e-3, meta_optimizer: str = "adam"):
+        keep_freed_memory()  # no page faults for the step's feature maps (dualmeta.allocator)
         if not self.draws_drop_masks:
             check_drops(model, type(self).__name__)
         self.model = model

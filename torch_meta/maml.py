@@ -38,7 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dualmeta.allocator import MMAP_THRESHOLD
 from dualmeta.episodes import Episode
+from dualmeta.twins import largest_map
 from torch_meta.core import INNER_REDUCTIONS, Learner, is_classification
 from torch_meta.models import _batched_call
 
@@ -172,14 +174,22 @@ class MAML(Learner):
     def _chunks(self, tasks: int, images: int) -> list[slice]:
         """Groups of tasks run in one graph (grouped convolutions), ``images`` = inputs per task.
 
-        An MLP runs the whole meta-batch at once (small ops: Python overhead dominates). A convnet runs
-        at most 8 tasks and about 256 inputs per group: one 5-way 1-shot 1-query task at a time leaves the
-        step overhead-bound (0.25 s vs 0.13-0.15 s for groups of 8, 32 tasks), while a whole meta-batch of
-        80-image tasks outgrows the caches (3-5x slower than one by one; groups of 2-3 are ~17% faster).
+        An MLP runs the whole meta-batch at once (small ops: Python overhead dominates). A convnet runs at
+        most 8 tasks per group (one 5-way 1-shot 1-query task at a time leaves the step overhead-bound: 0.25 s
+        against 0.13-0.15 s for groups of 8, 32 tasks), and only as many as keep the group's largest feature map
+        within ``dualmeta.allocator.MMAP_THRESHOLD`` (32 MiB): larger blocks are mapped afresh from the kernel
+        on every allocation, page fault by page fault (a whole meta-batch of 80-image tasks ran 1.7x slower
+        than groups of 8, whose 28x28 conv4 maps take 32 MB). Measured: docs/performance.md.
         """
         description = getattr(self.model, "description", None)  # a twin's: vectors (an MLP) or images
-        vectors = description is not None and len(description.input_shape) == 1
-        size = tasks if vectors else max(1, min(8, 256 // max(images, 1)))
+        if description is not None and len(description.input_shape) == 1:
+            return [slice(0, tasks)]
+        per_image = largest_map(description) if description is not None else None
+        if per_image:
+            size = MMAP_THRESHOLD // (max(images, 1) * per_image * self.dtype.itemsize)
+        else:  # a model whose shapes are unknown: about 256 images per group
+            size = 256 // max(images, 1)
+        size = max(1, min(8, size))
         return [slice(i, min(i + size, tasks)) for i in range(0, tasks, size)]
 
     def _step_gradients(self, batch: Episode):

@@ -185,7 +185,7 @@ def _has_function(layers) -> bool:
 
 def _batched_run(layers, params, h, layout: str, tasks: int):
     """The layers on B tasks at once. Layouts: ``maps`` (N, B*C, H, W), ``nb`` (N, B, F), ``bn`` (B, N, F)."""
-    for layer in layers:
+    for i, layer in enumerate(layers):
         if isinstance(layer, T.Conv2d):
             w = params[f"{layer.name}.weight"]
             bias = params[f"{layer.name}.bias"].reshape(-1) if layer.bias else None
@@ -199,7 +199,9 @@ def _batched_run(layers, params, h, layout: str, tasks: int):
             h = F.batch_norm(h, None, None, params[f"{layer.name}.weight"].reshape(-1),
                              params[f"{layer.name}.bias"].reshape(-1), training=True, eps=NORM_EPS)
         elif isinstance(layer, T.Activation):
-            h = _TWIN_ACTIVATIONS[layer.kind](h, layer)
+            # ReLU overwrites a map this loop made itself (no backward keeps it): one pass and no new map
+            fresh = layer.kind == "relu" and i > 0 and isinstance(layers[i - 1], _MADE_ANEW)
+            h = F.relu_(h) if fresh else _TWIN_ACTIVATIONS[layer.kind](h, layer)
         elif isinstance(layer, T.MaxPool):
             h = F.max_pool2d(h, layer.size)
         elif isinstance(layer, (T.Flatten, T.GlobalMean)):
