@@ -179,16 +179,22 @@ class MAML(Learner):
         against 0.13-0.15 s for groups of 8, 32 tasks), and only as many as keep the group's largest feature map
         within ``dualmeta.allocator.MMAP_THRESHOLD`` (32 MiB): larger blocks are mapped afresh from the kernel
         on every allocation, page fault by page fault (a whole meta-batch of 80-image tasks ran 1.7x slower
-        than groups of 8, whose 28x28 conv4 maps take 32 MB). Measured: docs/performance.md.
+        than groups of 8, whose 28x28 conv4 maps take 32 MB). Second order keeps every inner step's graph of
+        a group until its meta-gradient, so ``k`` inner steps divide the group by ``k``; ``recompute_steps``
+        (the memory setting) runs one task at a time. Measured: docs/performance.md.
         """
         description = getattr(self.model, "description", None)  # a twin's: vectors (an MLP) or images
         if description is not None and len(description.input_shape) == 1:
             return [slice(0, tasks)]
+        if self.recompute_steps and not self.first_order:
+            return [slice(i, i + 1) for i in range(tasks)]  # the memory setting: one task's graph at a time
         per_image = largest_map(description) if description is not None else None
         if per_image:
             size = MMAP_THRESHOLD // (max(images, 1) * per_image * self.dtype.itemsize)
         else:  # a model whose shapes are unknown: about 256 images per group
             size = 256 // max(images, 1)
+        if not self.first_order:  # a group keeps the graphs of all its inner steps until its meta-gradient
+            size //= max(self.inner_steps, 1)
         size = max(1, min(8, size))
         return [slice(i, min(i + size, tasks)) for i in range(0, tasks, size)]
 
