@@ -180,14 +180,12 @@ class MAML(Learner):
         within ``dualmeta.allocator.MMAP_THRESHOLD`` (32 MiB): larger blocks are mapped afresh from the kernel
         on every allocation, page fault by page fault (a whole meta-batch of 80-image tasks ran 1.7x slower
         than groups of 8, whose 28x28 conv4 maps take 32 MB). Second order keeps every inner step's graph of
-        a group until its meta-gradient, so ``k`` inner steps divide the group by ``k``; ``recompute_steps``
-        (the memory setting) runs one task at a time. Measured: docs/performance.md.
+        a group until its meta-gradient, so ``k`` inner steps divide the group by ``k`` (with or without
+        ``recompute_steps``, whose numbers stay bit for bit those of the stored graph). docs/performance.md.
         """
         description = getattr(self.model, "description", None)  # a twin's: vectors (an MLP) or images
         if description is not None and len(description.input_shape) == 1:
             return [slice(0, tasks)]
-        if self.recompute_steps and not self.first_order:
-            return [slice(i, i + 1) for i in range(tasks)]  # the memory setting: one task's graph at a time
         per_image = largest_map(description) if description is not None else None
         if per_image:
             size = MMAP_THRESHOLD // (max(images, 1) * per_image * self.dtype.itemsize)
