@@ -42,3 +42,6 @@ def test_bench_maml_counts_the_floor_of_a_step(tmp_path):
         # floor_s keeps 3 significant figures and gflop 4, so they agree to rounding: 0.5% + 0.05% at most
         assert abs(row["floor_s"] - row["gflop"] / max(report["peak_gflops"].values())) <= 6e-3 * row["floor_s"]
         assert row["torch_floor"] > 1 and row["reference_floor"] > 1  # nothing beats the floor
+        assert isinstance(row["torch_faults"], int) and isinstance(row["reference_faults"], int)
+    if sys.platform.startswith("linux"):  # building the torch learner fixed glibc's thresholds (dualmeta.allocator)
+        assert report["config"]["allocator"] == "kept"
