@@ -53,6 +53,11 @@ this machine reaches in the same run, the faster of a 2048 sgemm and a large 3x3
     python benchmarks/bench_maml.py --learners=maml,anil --steps=1 --warmup=1 --tasks=2 --hidden=8 \\
         --queries=1 --threads=1                                      # smoke test, a few seconds
 
+The convolutions (``--convolutions``, on by default): each runner's own calls of the four convolutions,
+forward and backward, over the query sets alone (``convolutions`` below), timed in the same rounds. Every
+MAML-family step at 15 queries makes at least these calls, so ``<runner>_convolutions_ratio`` (their time over
+the reference step's) is the best ratio that runner could reach if everything else in its step were free.
+
 One JSON line per (learner, runner) goes to stdout; ``--out`` writes the table as one JSON file.
 """
 from __future__ import annotations
@@ -82,6 +87,7 @@ from dualmeta.budget import machine, provenance  # noqa: E402
 from dualmeta.weights import atomic_write  # noqa: E402
 
 BACKENDS = ("reference", "torch", "tf")
+CONVOLUTIONS = "convolutions"  # the key of the convolutions-only runners
 
 
 def synthetic_batch(tasks, ways, shots, queries, size=28, seed=0) -> Episode:
@@ -273,6 +279,62 @@ def make_runner(learner: str, backend: str, args):
     return getattr(module, class_name)(model, **kwargs).meta_train_step
 
 
+# -- the convolutions alone: what each backend's step cannot do without --------------------------------------
+def convolutions(backend: str, args):
+    """One forward and backward pass of the conv4's four convolutions alone (no batch norm, ReLU or head) over
+    the meta-batch's query sets, with per-task weights, called as that backend's step calls them: the
+    reference and TensorFlow task by task (TensorFlow cannot differentiate grouped convolutions on CPU),
+    torch_meta in its groups of tasks (``torch_meta.models._batched_call`` on a convolutions-only twin,
+    ``MAML._chunks``). Every MAML-family step at 15 queries runs at least these calls (second order adds
+    the support set's); returns ``run(batch)``. The kernels are shared by the tasks (the reference's and
+    TensorFlow's calls cost the same with per-task kernels; torch_meta's get them expanded per task)."""
+    channels = [1] + [args.hidden] * 4
+    if backend == "reference":
+        weights = [torch.randn(o, i, 3, 3, requires_grad=True) for i, o in zip(channels, channels[1:])]
+
+        def run(batch):
+            _, _, qx, _ = nchw(batch)
+            for t in range(len(qx)):
+                h = qx[t]
+                for w in weights:
+                    h = F.conv2d(h, w, stride=2, padding=1)
+                torch.autograd.grad(h.sum(), weights)
+        return run
+    from dualmeta import twins
+    layers = tuple(twins.Conv2d(f"conv{i}", c, o, 3, 2, 1) for i, (c, o) in enumerate(zip(channels, channels[1:])))
+    description = twins.Description("convolutions", (28, 28, 1), layers)
+    if backend == "torch":
+        from torch_meta import maml, models
+        model = models.build(description)
+        learner = maml.MAML(model)
+
+        def run(batch):
+            _, _, qx, _ = learner._tensors(batch)
+            tasks = qx.shape[0]
+            params = dict(model.named_parameters())
+            for part in learner._chunks(tasks, batch[0].shape[1] + qx.shape[1]):
+                size = part.stop - part.start
+                fast = {n: p.expand((size,) + tuple(p.shape)) for n, p in params.items()}
+                torch.autograd.grad(models._batched_call(model, fast, qx[part]).sum(), list(params.values()))
+        return run
+    import tensorflow as tf
+    kernels = [tf.Variable(tf.random.normal((3, 3, i, o))) for i, o in zip(channels, channels[1:])]
+
+    @tf.function
+    def step(qx):  # the same kernels for every task: the calls and their cost are those of per-task kernels
+        total = [tf.zeros_like(k) for k in kernels]
+        for t in tf.range(tf.shape(qx)[0]):
+            with tf.GradientTape() as tape:
+                h = qx[t]
+                for k in kernels:
+                    h = tf.nn.conv2d(tf.pad(h, [[0, 0], [1, 1], [1, 1], [0, 0]]), k, strides=2, padding="VALID")
+                out = tf.reduce_sum(h)
+            total = [a + g for a, g in zip(total, tape.gradient(out, kernels))]
+        return total
+
+    return lambda batch: step(tf.constant(batch[2]))
+
+
 def step_gflop(run, batch) -> float:
     """GFLOP of one step of ``run`` (a reference runner: plain torch), counted by FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -334,6 +396,9 @@ def main(argv=None):
     parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
                         help="count the FLOPs of a reference step and measure the machine's peak rate "
                              "(the floor columns); --no-floor skips it")
+    parser.add_argument("--convolutions", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the query pass's convolutions alone in each runner's own calls "
+                             "(interleaved with the steps): the part of a step no runner can skip")
     parser.add_argument("--out", default=None, help="write the table as JSON to this path")
     args = parser.parse_args(argv)
     learners = names(args.learners, LEARNERS, "--learners", parser)
@@ -352,6 +417,8 @@ def main(argv=None):
     batch = synthetic_batch(args.tasks, args.ways, args.shots, args.queries)
     runners = {(learner, backend): make_runner(learner, backend, args)
                for learner in learners for backend in backends}
+    if args.convolutions:
+        runners.update({(CONVOLUTIONS, backend): convolutions(backend, args) for backend in backends})
     times = {key: [] for key in runners}
     faults = {key: [] for key in runners}
     for (learner, backend), run in runners.items():
@@ -380,6 +447,10 @@ def main(argv=None):
                   torch_threads=torch.get_num_threads(), allocator=allocator_status())
     medians = {key: statistics.median(samples) for key, samples in times.items()}
     rows = []
+    conv = {b: medians[(CONVOLUTIONS, b)] for b in backends} if args.convolutions else {}
+    if conv:
+        print("# the query pass's convolutions alone, s: " + ", ".join(f"{b} {t:.4f}" for b, t in conv.items()),
+              file=sys.stderr)
     for learner in learners:
         ref = medians.get((learner, "reference"))
         for backend in backends:
@@ -398,6 +469,8 @@ def main(argv=None):
             row[f"{backend}_faults"] = int(statistics.median(faults[(learner, backend)]))
             if backend != "reference" and ref is not None:
                 row[f"{backend}_ratio"] = round(medians[(learner, backend)] / ref, 3)
+            if backend in conv and ref is not None:  # the best ratio if all but these calls were free
+                row[f"{backend}_convolutions_ratio"] = round(conv[backend] / ref, 3)
         if peak is not None:
             floor = gflop[learner] / max(peak.values())
             row["gflop"], row["floor_s"] = float(f"{gflop[learner]:.4g}"), float(f"{floor:.3g}")
@@ -411,6 +484,8 @@ def main(argv=None):
         report = {"measured": measured, "machine": info, "config": config, "rows": rows}
         if peak is not None:
             report["peak_gflops"] = peak
+        if conv:
+            report["convolutions"] = {f"{b}_s": round(t, 4) for b, t in conv.items()}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         atomic_write(args.out, json.dumps(report, indent=2) + "\n")
         print(f"# wrote {args.out}", file=sys.stderr)

@@ -851,6 +851,8 @@ def speed_page(results_dir: str) -> str:
             lines += memory_table(data, path, shown, prov)
             continue
         rows = []
+        conv = data.get("convolutions") if isinstance(data.get("convolutions"), dict) else {}
+        has_conv = bool(conv) and all(_is_number(v) for v in conv.values())
         has_faults = any(isinstance(r, dict) and "torch_faults" in r for r in field(data, path, "rows", list))
         has_floor = isinstance(data.get("peak_gflops"), dict) and bool(data["peak_gflops"]) and all(
             _is_number(v) for v in data["peak_gflops"].values())
@@ -867,6 +869,9 @@ def speed_page(results_dir: str) -> str:
                                                 seconds_text(floor)]
                       + [f"{row[f'{b}_s'] / floor:.1f}" if floor and _is_number(row.get(f"{b}_s")) else "—"
                          for b in ("reference", "torch", "tf")])
+            bounds = [] if not has_conv else [
+                "—" if not _is_number(row.get(f"{b}_convolutions_ratio")) else f"{row[f'{b}_convolutions_ratio']:.2f}"
+                for b in ("torch", "tf")]
             faults = [] if not has_faults else [" / ".join(
                 "—" if not _is_number(row.get(f"{b}_faults")) else f"{row[f'{b}_faults']:,}"
                 for b in ("reference", "torch", "tf"))]
@@ -874,7 +879,7 @@ def speed_page(results_dir: str) -> str:
                         + [x for b in ("torch", "tf") for x in (
                             seconds_text(row.get(f"{b}_s")),
                             "—" if ratios[b] is None else f"{ratios[b]:.2f}")]
-                        + floors + faults + [prov.date, command_cell(prov)])
+                        + floors + bounds + faults + [prov.date, command_cell(prov)])
         lines += [f"## `{shown}`", ""]
         machine = data.get("machine")
         if isinstance(machine, dict) and machine:
@@ -885,10 +890,20 @@ def speed_page(results_dir: str) -> str:
                       "`torch.utils.flop_counter`) at the best rate this machine reached in the same run ("
                       + ", ".join(f"{k} {v:g} GFLOP/s" for k, v in peak.items())
                       + "); no implementation of the step can beat it. \"× floor\": seconds per step in floors.", ""]
+        if has_conv:
+            names = {"reference_s": "reference", "torch_s": "PyTorch", "tf_s": "TensorFlow"}
+            lines += ["Convolutions alone: the four convolutions of the query pass, forward and backward, called as "
+                      "each runner's step calls them (the reference and TensorFlow task by task, PyTorch in its "
+                      "groups of tasks), timed in the same rounds: "
+                      + ", ".join(f"{names.get(k, k)} {seconds_text(v)} s" for k, v in conv.items())
+                      + ". Every step at 15 queries makes at least these calls, so \"convolutions alone ÷ "
+                      "reference\" is the best ratio a backend could reach if the rest of its step were free.", ""]
         lines += table(["Learner", "Setting", "Reference s/step", "PyTorch s/step", "PyTorch ÷ reference",
                         "TensorFlow s/step", "TensorFlow ÷ reference"]
                        + (["GFLOP/step", "Floor s/step", "Reference × floor", "PyTorch × floor", "TensorFlow × floor"]
                           if has_floor else [])
+                       + (["PyTorch convolutions alone ÷ reference", "TensorFlow convolutions alone ÷ reference"]
+                          if has_conv else [])
                        + (["Page faults / step (reference / PyTorch / TensorFlow)"] if has_faults else [])
                        + ["Measured", "Command"], rows) + [""]
     return "\n".join(lines + workers_section(results_dir))

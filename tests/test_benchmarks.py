@@ -43,5 +43,9 @@ def test_bench_maml_counts_the_floor_of_a_step(tmp_path):
         assert abs(row["floor_s"] - row["gflop"] / max(report["peak_gflops"].values())) <= 6e-3 * row["floor_s"]
         assert row["torch_floor"] > 1 and row["reference_floor"] > 1  # nothing beats the floor
         assert isinstance(row["torch_faults"], int) and isinstance(row["reference_faults"], int)
+        # the convolutions alone are a part of every step
+        assert 0 < row["torch_convolutions_ratio"] < row["torch_ratio"]
+        assert 0 < row["reference_convolutions_ratio"] < 1
+    assert set(report["convolutions"]) == {"reference_s", "torch_s"}
     if sys.platform.startswith("linux"):  # building the torch learner fixed glibc's thresholds (dualmeta.allocator)
         assert report["config"]["allocator"] == "kept"

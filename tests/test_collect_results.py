@@ -213,6 +213,19 @@ def test_speed_rows_with_a_floor_show_it_in_floors(results, tmp_path):
     assert "Floor s/step" in section and "Floor s/step" not in speed[:speed.index("## `results/bench/floor.json`")]
 
 
+def test_speed_rows_show_the_convolutions_alone_and_the_page_faults(results, tmp_path):
+    write(results / "bench" / "kernels.json", {
+        "measured": {"date": "2026-12-07T14:30:00Z", "command": "python benchmarks/bench_maml.py --out=k.json"},
+        "convolutions": {"reference_s": 0.5, "torch_s": 0.45, "tf_s": 0.55},
+        "rows": [{"learner": "maml", "setting": "5w1s", "reference_s": 1.0, "torch_s": 0.7, "tf_s": 0.8,
+                  "torch_ratio": 0.7, "tf_ratio": 0.8, "torch_convolutions_ratio": 0.45, "tf_convolutions_ratio": 0.55,
+                  "reference_faults": 0, "torch_faults": 1, "tf_faults": 12345}]})
+    speed = (build(results, tmp_path) / "speed.md").read_text()
+    section = speed[speed.index("## `results/bench/kernels.json`"):]
+    assert "timed in the same rounds: reference 0.5 s, PyTorch 0.45 s, TensorFlow 0.55 s." in section
+    assert "| MAML | 5w1s | 1 | 0.7 | 0.70 | 0.8 | 0.80 | 0.45 | 0.55 | 0 / 1 / 12,345 | 2026-12-07 14:30 UTC |" in section
+
+
 def test_a_memory_benchmark_gets_a_memory_table(results, tmp_path):
     write(results / "bench" / "memory.json", {
         "measured": {"date": "2026-12-02T14:08:47+00:00", "command": "python benchmarks/bench_memory.py"},
