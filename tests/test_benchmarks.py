@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -49,3 +51,14 @@ def test_bench_maml_counts_the_floor_of_a_step(tmp_path):
     assert set(report["convolutions"]) == {"reference_s", "torch_s"}
     if sys.platform.startswith("linux"):  # building the torch learner fixed glibc's thresholds (dualmeta.allocator)
         assert report["config"]["allocator"] == "kept"
+
+
+@pytest.mark.slow
+def test_bench_compile_compares_the_compiled_step_with_eager():
+    """torch.compile of a tiny grouped MAML step (compiling takes about a minute): same meta-gradient, timed."""
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_compile.py"), "--steps=1",
+                          "--tasks=2", "--hidden=8", "--queries=1"], capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-2000:]
+    worst = float(run.stdout.split("compiled vs eager: ")[1].split()[0])
+    assert worst < 1e-3, run.stdout
+    assert all(f"{name}: " in run.stdout for name in ("reference", "eager", "compiled"))
