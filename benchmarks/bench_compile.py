@@ -10,16 +10,18 @@ convolutions, mean head; 5-way 1-shot 15-query, 32 tasks by default), timed inte
   shapes), so that batch norm, ReLU and the inner update can be fused around the convolutions.
 
 Printed: the compile time, the largest relative difference between the eager and the compiled meta-gradient,
-and the median seconds per step with the ratio to the reference. Measured 2026-12-07 on 2 cores: 120 s to
-compile (7 s from Inductor's cache), then 0.72x against eager's 0.68x, and 0.82x against 0.79x in a second
-run (docs/performance.md); so dualmeta does not compile its steps.
+and the median seconds per step with the ratio to the reference; ``--out`` writes them as JSON. Measured
+2026-12-07 on 2 cores: 120 s to compile (8 s from Inductor's cache), then 0.86x against eager's 0.76x
+(``results/compile/maml.json``; two earlier runs 0.72x / 0.68x and 0.82x / 0.79x); so dualmeta does not
+compile its steps (docs/performance.md).
 
-    python benchmarks/bench_compile.py --steps=6
+    python benchmarks/bench_compile.py --steps=6 --out results/compile/maml.json
     python benchmarks/bench_compile.py --steps=1 --tasks=2 --hidden=8 --queries=1   # smoke test
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -34,6 +36,8 @@ import torch  # noqa: E402
 
 import bench_maml  # noqa: E402
 from torch_meta import maml, models  # noqa: E402
+from dualmeta.budget import machine, provenance  # noqa: E402
+from dualmeta.weights import atomic_write  # noqa: E402
 from torch_meta.maml import _batched_call, _metrics, _per_task_loss  # noqa: E402
 
 
@@ -76,6 +80,7 @@ def main(argv=None):
     parser.add_argument("--ways", type=int, default=5)
     parser.add_argument("--queries", type=int, default=15)
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--out", default=None, help="write the figures as JSON to this path")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"Expected --steps >= 1; received --steps={args.steps}")
@@ -90,7 +95,8 @@ def main(argv=None):
     expected, _ = eager.meta_gradients(batch)
     start = time.perf_counter()
     found, _ = compiled.meta_gradients(batch)
-    print(f"compile and first step: {time.perf_counter() - start:.1f} s")
+    compile_s = time.perf_counter() - start
+    print(f"compile and first step: {compile_s:.1f} s")
     worst = max(float(np.abs(found[n] - g).max() / max(np.abs(g).max(), 1e-30)) for n, g in expected.items())
     print(f"largest relative difference of the meta-gradient, compiled vs eager: {worst:.3g}")
     runners = {"reference": bench_maml.MAMLReference(args.ways, args.hidden).step,
@@ -103,10 +109,18 @@ def main(argv=None):
             start = time.perf_counter()
             run(batch)
             times[name].append(time.perf_counter() - start)
-    reference = statistics.median(times["reference"])
-    for name, samples in times.items():
-        median = statistics.median(samples)
-        print(f"{name}: {median:.4f} s/step, {median / reference:.3f}x the reference")
+    medians = {name: statistics.median(samples) for name, samples in times.items()}
+    for name, median in medians.items():
+        print(f"{name}: {median:.4f} s/step, {median / medians['reference']:.3f}x the reference")
+    if args.out:
+        report = {"measured": provenance("benchmarks/bench_compile.py", None if argv is None else list(argv)),
+                  "machine": machine(), "config": {k: v for k, v in vars(args).items() if k != "out"},
+                  "compile_and_first_step_s": round(compile_s, 1), "meta_gradient_max_relative_difference": worst,
+                  "s_per_step": {name: round(m, 4) for name, m in medians.items()},
+                  "ratio_to_reference": {name: round(m / medians["reference"], 3) for name, m in medians.items()}}
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        atomic_write(args.out, json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

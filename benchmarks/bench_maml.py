@@ -446,6 +446,7 @@ def main(argv=None):
     config.update(model="conv4 stride-2, batch norm on batch statistics, mean head, 28x28x1 images",
                   torch_threads=torch.get_num_threads(), allocator=allocator_status())
     medians = {key: statistics.median(samples) for key, samples in times.items()}
+    fault_medians = {key: int(statistics.median(samples)) for key, samples in faults.items()}
     rows = []
     conv = {b: medians[(CONVOLUTIONS, b)] for b in backends} if args.convolutions else {}
     if conv:
@@ -460,13 +461,13 @@ def main(argv=None):
                               "max_s_per_step": round(max(samples), 4),
                               "episodes_per_s": round(args.tasks / median, 1),
                               "ratio_to_reference": None if ref is None else round(median / ref, 3),
-                              "page_faults_per_step": statistics.median(faults[(learner, backend)]),
+                              "page_faults_per_step": fault_medians[(learner, backend)],
                               "setting": setting(args, learner), "config": config}))
         row = {"learner": learner, "setting": setting(args, learner), "reference_s": None, "torch_s": None,
                "tf_s": None, "torch_ratio": None, "tf_ratio": None, "steps": args.steps}
         for backend in backends:
             row[f"{backend}_s"] = round(medians[(learner, backend)], 4)
-            row[f"{backend}_faults"] = int(statistics.median(faults[(learner, backend)]))
+            row[f"{backend}_faults"] = fault_medians[(learner, backend)]
             if backend != "reference" and ref is not None:
                 row[f"{backend}_ratio"] = round(medians[(learner, backend)] / ref, 3)
             if backend in conv and ref is not None:  # the best ratio if all but these calls were free
